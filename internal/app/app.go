@@ -1,0 +1,297 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	"github.com/eventgw/eventgw/internal/config"
+	"github.com/eventgw/eventgw/internal/devstack"
+	"github.com/eventgw/eventgw/internal/event"
+	"github.com/eventgw/eventgw/internal/kafka"
+	"github.com/eventgw/eventgw/internal/metrics"
+	"github.com/eventgw/eventgw/internal/publish"
+	"github.com/eventgw/eventgw/internal/schema"
+	"github.com/eventgw/eventgw/internal/server"
+	"github.com/eventgw/eventgw/internal/store"
+)
+
+// App is a built sidecar.
+type App struct {
+	cfg    config.Config
+	log    *zap.Logger
+	closer closeStack
+
+	Stack    *devstack.Stack // nil without --dev
+	Pool     *pgxpool.Pool
+	Kafka    sarama.Client
+	Producer *kafka.Producer
+	Router   *kafka.Router
+	Schemas  *schema.Registry
+	Registry *prometheus.Registry
+
+	grpcSrv     *grpc.Server
+	health      *health.Server
+	httpSrv     *http.Server
+	grpcLis     net.Listener
+	httpLis     net.Listener
+	brokers     []string
+	registry    string
+	databaseURL string
+}
+
+type closeStack []func() error
+
+func (s *closeStack) push(f func() error) { *s = append(*s, f) }
+
+func (s *closeStack) unwind() error {
+	var errs []error
+	for i := len(*s) - 1; i >= 0; i-- {
+		errs = append(errs, (*s)[i]())
+	}
+	*s = nil
+	return errors.Join(errs...)
+}
+
+// Build constructs everything cfg describes. On error, what was started is stopped.
+func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	a := &App{cfg: cfg, log: log, Registry: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			_ = a.closer.unwind()
+		}
+	}()
+	a.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sarama.Logger, _ = zap.NewStdLogAt(log.Named("sarama"), zap.DebugLevel)
+
+	a.brokers, a.registry, a.databaseURL = cfg.Brokers(), cfg.SchemaRegistryURL, cfg.DatabaseURL
+	if cfg.Dev {
+		ports, _ := cfg.DevPorts()
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		a.Stack, err = devstack.Start(sctx, devstack.Options{
+			KafkaPorts: ports, RegistryAddr: cfg.DevRegistryAddr, DataDir: cfg.DataDir,
+			PostgresPort: cfg.DevPostgresPort, Database: "eventgw",
+		})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("start the embedded dev stack: %w", err)
+		}
+		a.closer.push(a.Stack.Close)
+		a.brokers, a.registry = a.Stack.Brokers(), a.Stack.RegistryURL
+		if a.databaseURL == "" {
+			a.databaseURL = a.Stack.DatabaseURL
+		}
+	}
+
+	// PostgreSQL.
+	pcfg, err := pgxpool.ParseConfig(a.databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("--database-url is not a valid PostgreSQL URL")
+	}
+	pcfg.MaxConns = int32(cfg.DBMaxConns)
+	a.Pool, err = pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	a.closer.push(func() error { a.Pool.Close(); return nil })
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = a.Pool.Ping(pctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("postgres at %s is unreachable: %w", config.RedactURL(a.databaseURL), err)
+	}
+	n, err := store.Migrate(ctx, a.Pool)
+	if err != nil {
+		return nil, err
+	}
+	if n > 0 {
+		log.Info("applied migrations", zap.Int("count", n))
+	}
+
+	// Kafka.
+	kcfg := kafka.ProducerConfig("eventgw-"+cfg.ServiceName, cfg.MaxEventBytes+64<<10)
+	a.Kafka, err = sarama.NewClient(a.brokers, kcfg)
+	if err != nil {
+		return nil, fmt.Errorf("kafka brokers %s are unreachable: %w", strings.Join(a.brokers, ","), err)
+	}
+	a.closer.push(a.Kafka.Close)
+	routes, _ := cfg.RouteMap()
+	retention, _ := cfg.RetentionMap()
+	a.Router = kafka.NewRouter(cfg.TopicPrefix, routes)
+	settings := kafka.DefaultTopicSettings()
+	settings.Partitions = int32(cfg.Partitions)
+	settings.MaxReplication = int16(cfg.Replication)
+	settings.MinInsyncReplicas = int16(cfg.MinInsyncReplicas)
+	settings.DefaultRetention = cfg.Retention
+	for d, r := range retention {
+		settings.Retention[d] = r
+	}
+	topics, err := kafka.NewTopics(a.Kafka, settings, log)
+	if err != nil {
+		return nil, err
+	}
+	a.Producer, err = kafka.NewProducer(a.Kafka, log)
+	if err != nil {
+		return nil, err
+	}
+	a.closer.push(a.Producer.Close)
+
+	// Schema Registry.
+	a.Schemas = schema.NewRegistry(a.registry, a.Pool, log)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = a.Schemas.Ping(rctx)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	if err := a.Schemas.Load(ctx); err != nil {
+		return nil, err
+	}
+
+	m := metrics.New(a.Registry)
+	pub := publish.New(publish.Config{
+		DefaultSource:  cfg.ServiceName,
+		Limits:         event.Limits{MaxEventBytes: cfg.MaxEventBytes},
+		MaxBatch:       cfg.MaxBatch,
+		RequireSchemas: cfg.RequireSchemas,
+		Domains:        cfg.DomainSet(),
+		Timeout:        cfg.PublishTimeout,
+	}, a.Router, topics, a.Producer, a.Schemas, m, log)
+
+	a.grpcSrv, a.health = server.NewGRPC(server.Options{
+		MaxRecvBytes: cfg.MaxRequestBytes, Registerer: a.Registry, Log: log,
+	}, server.Services{
+		Events: server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log),
+	})
+	a.httpSrv = server.NewHTTP(a.Registry, []server.ReadyCheck{
+		{Name: "postgres", Check: a.Pool.Ping},
+		{Name: "kafka", Check: func(context.Context) error { _, err := a.Kafka.Controller(); return err }},
+		{Name: "schema-registry", Check: a.Schemas.Ping},
+	})
+
+	if a.grpcLis, err = listen(cfg.GRPCAddr); err != nil {
+		return nil, err
+	}
+	a.closer.push(func() error { _ = a.grpcLis.Close(); return nil })
+	if a.httpLis, err = listen(cfg.HTTPAddr); err != nil {
+		return nil, err
+	}
+	a.closer.push(func() error { _ = a.httpLis.Close(); return nil })
+	return a, nil
+}
+
+func listen(addr string) (net.Listener, error) {
+	network := "tcp"
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		network, addr = "unix", path
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	l, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// GRPCAddr is the address gRPC listens on (useful with port 0).
+func (a *App) GRPCAddr() string { return a.grpcLis.Addr().String() }
+
+// HTTPAddr is the address of /metrics, /healthz and /readyz.
+func (a *App) HTTPAddr() string { return a.httpLis.Addr().String() }
+
+// Brokers are the Kafka bootstrap brokers in use.
+func (a *App) Brokers() []string { return a.brokers }
+
+// RegistryURL is the Schema Registry in use.
+func (a *App) RegistryURL() string { return a.registry }
+
+// Run serves until ctx ends, then shuts down: health goes NOT_SERVING, in-flight calls
+// get the grace period, the producer flushes and waits for its acknowledgements, and
+// everything built is closed in reverse order.
+func (a *App) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := a.grpcSrv.Serve(a.grpcLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := a.httpSrv.Serve(a.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	server.SetServing(a.health, true)
+	a.logReady()
+	g.Go(func() error {
+		<-gctx.Done()
+		a.log.Info("shutting down", zap.Duration("grace", a.cfg.ShutdownGrace))
+		server.SetServing(a.health, false)
+		done := make(chan struct{})
+		go func() { a.grpcSrv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(a.cfg.ShutdownGrace):
+			a.log.Warn("grace period over: ending the calls still running")
+			a.grpcSrv.Stop()
+		}
+		hctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return a.httpSrv.Shutdown(hctx)
+	})
+	err := g.Wait()
+	if cerr := a.closer.unwind(); cerr != nil {
+		a.log.Warn("shutdown", zap.Error(cerr))
+	}
+	a.log.Info("stopped")
+	return err
+}
+
+// Close releases everything without serving (for a Build whose Run never started).
+func (a *App) Close() error { return a.closer.unwind() }
+
+func (a *App) logReady() {
+	fields := []zap.Field{
+		zap.String("grpc", a.cfg.GRPCAddr), zap.String("grpc_listening", a.GRPCAddr()),
+		zap.String("http", "http://"+a.HTTPAddr()+"/metrics"),
+		zap.Strings("kafka_brokers", a.brokers),
+		zap.String("schema_registry", a.registry),
+		zap.String("postgres", config.RedactURL(a.databaseURL)),
+	}
+	if a.Stack != nil {
+		fields = append(fields, zap.String("data_dir", a.cfg.DataDir),
+			zap.String("note", "dev Kafka and the dev registry keep nothing on disk: Kafka starts empty after a restart; PostgreSQL data survives"))
+	}
+	a.log.Info("eventgw is ready", fields...)
+	if a.Stack != nil && a.cfg.LogFormat == "console" {
+		fmt.Fprintf(os.Stderr, `
+  eventgw (dev) is ready
+    gRPC             %s
+    metrics/health   http://%s/metrics  /healthz  /readyz
+    Kafka brokers    %s   (in-process kfake, 3 brokers; starts empty after a restart)
+    Schema Registry  %s
+    PostgreSQL       %s   (data in %s)
+
+`, a.GRPCAddr(), a.HTTPAddr(), strings.Join(a.brokers, ","), a.registry, config.RedactURL(a.databaseURL), a.cfg.DataDir)
+	}
+}

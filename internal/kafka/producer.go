@@ -1,0 +1,205 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/rcrowley/go-metrics"
+	"go.uber.org/zap"
+)
+
+func init() {
+	// sarama records go-metrics meters and histograms for every request; nothing reads
+	// them here (the gateway exports its own Prometheus metrics) and they cost CPU on
+	// the publish path.
+	metrics.UseNilMetrics = true
+}
+
+// ErrClosed is returned by Send after Close.
+var ErrClosed = errors.New("kafka producer is closed")
+
+// UnavailableError wraps a Kafka delivery failure. It is retriable: the same event may
+// be sent again (consumers deduplicate on the event id).
+type UnavailableError struct{ Err error }
+
+func (e *UnavailableError) Error() string   { return "kafka did not acknowledge the event: " + e.Err.Error() }
+func (e *UnavailableError) Unwrap() error   { return e.Err }
+func (e *UnavailableError) Retriable() bool { return true }
+
+// ProducerConfig returns the sarama configuration of the gateway's producer: acks=all,
+// idempotent, no linger timer (a lone event is sent at once; events that arrive while
+// a request is in flight are batched into the next one).
+func ProducerConfig(clientID string, maxMessageBytes int) *sarama.Config {
+	c := sarama.NewConfig()
+	c.ClientID = clientID
+	c.Version = sarama.V2_8_0_0
+	c.Net.MaxOpenRequests = 1 // required by the idempotent producer
+	c.Net.DialTimeout = 5 * time.Second
+	c.Metadata.AllowAutoTopicCreation = false
+	c.Metadata.Retry.Max = 3
+	c.Metadata.Retry.Backoff = 100 * time.Millisecond
+	c.Producer.RequiredAcks = sarama.WaitForAll
+	c.Producer.Idempotent = true
+	c.Producer.Return.Successes = true
+	c.Producer.Return.Errors = true
+	c.Producer.Retry.Max = 5
+	c.Producer.Retry.Backoff = 100 * time.Millisecond
+	c.Producer.Timeout = 10 * time.Second
+	c.Producer.MaxMessageBytes = maxMessageBytes
+	c.Producer.Flush.Frequency = 0
+	c.Producer.Flush.Messages = 0
+	c.Producer.Flush.Bytes = 0
+	c.Producer.Flush.MaxMessages = 0
+	c.ChannelBufferSize = 4096
+	return c
+}
+
+// Result is the outcome of one message.
+type Result struct {
+	Partition int32
+	Offset    int64
+	Err       error
+}
+
+// Batch tracks the acknowledgements of a group of messages sent together.
+type Batch struct {
+	slots     []slot
+	remaining atomic.Int64
+	done      chan struct{}
+}
+
+type slot struct {
+	b      *Batch
+	state  atomic.Uint32 // 0 pending, 1 done
+	result Result
+}
+
+// NewBatch prepares a batch of n messages.
+func NewBatch(n int) *Batch {
+	b := &Batch{slots: make([]slot, n), done: make(chan struct{})}
+	for i := range b.slots {
+		b.slots[i].b = b
+	}
+	b.remaining.Store(int64(n))
+	if n == 0 {
+		close(b.done)
+	}
+	return b
+}
+
+// Done is closed when every message has an outcome.
+func (b *Batch) Done() <-chan struct{} { return b.done }
+
+// Result returns message i's outcome; ok is false while it has none yet.
+func (b *Batch) Result(i int) (r Result, ok bool) {
+	s := &b.slots[i]
+	for {
+		switch s.state.Load() {
+		case 0:
+			return Result{}, false
+		case 1:
+			return s.result, true
+		default: // being written by the ack goroutine: a few instructions away
+			runtime.Gosched()
+		}
+	}
+}
+
+func (s *slot) complete(r Result) {
+	if !s.state.CompareAndSwap(0, 2) { // 2: writing
+		return
+	}
+	s.result = r
+	s.state.Store(1)
+	if s.b.remaining.Add(-1) == 0 {
+		close(s.b.done)
+	}
+}
+
+// Producer is an idempotent async producer whose acknowledgements are routed back to
+// the batch each message belongs to.
+type Producer struct {
+	ap  sarama.AsyncProducer
+	log *zap.Logger
+
+	mu     sync.RWMutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// NewProducer starts a producer on client (which must use ProducerConfig).
+func NewProducer(client sarama.Client, log *zap.Logger) (*Producer, error) {
+	ap, err := sarama.NewAsyncProducerFromClient(client)
+	if err != nil {
+		return nil, fmt.Errorf("kafka producer: %w", err)
+	}
+	p := &Producer{ap: ap, log: log}
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		for m := range ap.Successes() {
+			m.Metadata.(*slot).complete(Result{Partition: m.Partition, Offset: m.Offset})
+		}
+	}()
+	go func() {
+		defer p.wg.Done()
+		for pe := range ap.Errors() {
+			p.log.Warn("kafka produce failed", zap.String("topic", pe.Msg.Topic), zap.Error(pe.Err))
+			pe.Msg.Metadata.(*slot).complete(Result{Partition: -1, Offset: -1, Err: &UnavailableError{Err: pe.Err}})
+		}
+	}()
+	return p, nil
+}
+
+// Send enqueues msgs[i] as message i of b. It returns early when ctx ends; the messages
+// not enqueued then get ctx's error as their outcome.
+func (p *Producer) Send(ctx context.Context, b *Batch, msgs []*sarama.ProducerMessage) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for i, m := range msgs {
+		s := &b.slots[i]
+		if p.closed {
+			s.complete(Result{Partition: -1, Offset: -1, Err: ErrClosed})
+			continue
+		}
+		m.Metadata = s
+		select {
+		case p.ap.Input() <- m:
+		case <-ctx.Done():
+			s.complete(Result{Partition: -1, Offset: -1, Err: ctx.Err()})
+		}
+	}
+}
+
+// Wait blocks until b is done or ctx ends; messages still pending then get ctx's error
+// as their outcome (Kafka may still store them: the caller must say the outcome is
+// unknown, and the event id lets consumers deduplicate a retry).
+func (b *Batch) Wait(ctx context.Context) {
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		for i := range b.slots {
+			b.slots[i].complete(Result{Partition: -1, Offset: -1, Err: ctx.Err()})
+		}
+	}
+}
+
+// Close flushes what is buffered, waits for its acknowledgements and stops.
+func (p *Producer) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.mu.Unlock()
+	p.ap.AsyncClose()
+	p.wg.Wait()
+	return nil
+}

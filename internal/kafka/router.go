@@ -1,0 +1,70 @@
+package kafka
+
+import (
+	"strings"
+	"sync"
+	"time"
+)
+
+// Router maps event types to topics.
+type Router struct {
+	prefix string
+	// routes override the default topic, keyed by event type or by domain.
+	routes map[string]string
+	cache  sync.Map // event type → topic
+}
+
+// NewRouter routes "<domain>.<rest>" to "<prefix>.<domain>.events" unless routes names
+// the event type or its domain.
+func NewRouter(prefix string, routes map[string]string) *Router {
+	return &Router{prefix: prefix, routes: routes}
+}
+
+// Domain is the first segment of an event type.
+func Domain(eventType string) string {
+	if i := strings.IndexByte(eventType, '.'); i >= 0 {
+		return eventType[:i]
+	}
+	return eventType
+}
+
+// Topic returns the topic of an event type.
+func (r *Router) Topic(eventType string) string {
+	if t, ok := r.cache.Load(eventType); ok {
+		return t.(string)
+	}
+	t, ok := r.routes[eventType]
+	if !ok {
+		d := Domain(eventType)
+		if t, ok = r.routes[d]; !ok {
+			t = r.prefix + "." + d + ".events"
+		}
+	}
+	r.cache.Store(eventType, t)
+	return t
+}
+
+// DLQTopic returns the dead-letter topic of a domain.
+func (r *Router) DLQTopic(domain string) string { return r.prefix + ".dlq." + domain }
+
+// TopicSettings are the settings of topics the gateway creates.
+type TopicSettings struct {
+	Partitions        int32
+	MaxReplication    int16
+	MinInsyncReplicas int16
+	DefaultRetention  time.Duration
+	// Retention per domain (such as clinical: 90 days).
+	Retention map[string]time.Duration
+}
+
+// DefaultTopicSettings are the guide's: 12 partitions, replication 3, min ISR 2,
+// retention 30 days (clinical 90).
+func DefaultTopicSettings() TopicSettings {
+	return TopicSettings{
+		Partitions:        12,
+		MaxReplication:    3,
+		MinInsyncReplicas: 2,
+		DefaultRetention:  30 * 24 * time.Hour,
+		Retention:         map[string]time.Duration{"clinical": 90 * 24 * time.Hour},
+	}
+}

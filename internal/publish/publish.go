@@ -1,0 +1,251 @@
+package publish
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+	"go.uber.org/zap"
+
+	"github.com/eventgw/eventgw/internal/event"
+	"github.com/eventgw/eventgw/internal/kafka"
+	"github.com/eventgw/eventgw/internal/metrics"
+	"github.com/eventgw/eventgw/internal/schema"
+	"github.com/eventgw/eventgw/internal/validate"
+)
+
+// Config bounds and shapes publishing.
+type Config struct {
+	// DefaultSource is ce_source when an event names no source service.
+	DefaultSource string
+	Limits        event.Limits
+	// MaxBatch is the most events one call may carry.
+	MaxBatch int
+	// RequireSchemas refuses event types that have no registered schema.
+	RequireSchemas bool
+	// Domains, when not empty, are the only domains events may have.
+	Domains map[string]bool
+	// Timeout bounds a call that brought no deadline of its own.
+	Timeout time.Duration
+}
+
+// Outcome is where Kafka stored an event, or why it did not.
+type Outcome struct {
+	EventID   string
+	Topic     string
+	Partition int32
+	Offset    int64
+	Err       error
+}
+
+// Publisher publishes events to Kafka.
+type Publisher struct {
+	cfg      Config
+	router   *kafka.Router
+	topics   *kafka.Topics
+	producer *kafka.Producer
+	schemas  *schema.Registry
+	metrics  *metrics.Metrics
+	log      *zap.Logger
+}
+
+// New builds a Publisher.
+func New(cfg Config, router *kafka.Router, topics *kafka.Topics, producer *kafka.Producer,
+	schemas *schema.Registry, m *metrics.Metrics, log *zap.Logger,
+) *Publisher {
+	return &Publisher{cfg: cfg, router: router, topics: topics, producer: producer, schemas: schemas, metrics: m, log: log}
+}
+
+// Pending is a batch handed to Kafka whose acknowledgements may not all be in yet.
+type Pending struct {
+	events []event.Event
+	topics []string
+	batch  *kafka.Batch
+	start  time.Time
+	p      *Publisher
+}
+
+// Publish checks and sends events, then waits for their acknowledgements. A bad event
+// fails the whole call with a *validate.Error (field prefixed "events[i]" when there
+// are several) before anything is sent.
+func (p *Publisher) Publish(ctx context.Context, events []event.Event) ([]Outcome, error) {
+	ctx, cancel := p.withTimeout(ctx)
+	defer cancel()
+	pend, err := p.Start(ctx, events)
+	if err != nil {
+		return nil, err
+	}
+	return pend.Wait(ctx), nil
+}
+
+func (p *Publisher) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok || p.cfg.Timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, p.cfg.Timeout)
+}
+
+// Start checks and encodes events and hands them to Kafka without waiting, so that a
+// stream can keep many batches in flight. Wait on the result for the outcomes.
+func (p *Publisher) Start(ctx context.Context, events []event.Event) (*Pending, error) {
+	start := time.Now()
+	if len(events) == 0 {
+		return nil, validate.Errorf("events", "is empty: send at least one event")
+	}
+	if len(events) > p.cfg.MaxBatch {
+		return nil, validate.Errorf("events", "has %d events, over the limit of %d (--max-batch)", len(events), p.cfg.MaxBatch)
+	}
+	msgs := make([]*sarama.ProducerMessage, len(events))
+	backing := make([]sarama.ProducerMessage, len(events))
+	topics := make([]string, len(events))
+	var seen map[string]int
+	if len(events) > 1 {
+		seen = make(map[string]int, len(events))
+	}
+	for i := range events {
+		e := &events[i]
+		m, err := p.encode(e, start, &backing[i])
+		if err != nil {
+			p.countInvalid(e)
+			if len(events) > 1 {
+				return nil, validate.Prefix("events["+strconv.Itoa(i)+"]", err)
+			}
+			return nil, err
+		}
+		if seen != nil {
+			if j, dup := seen[e.ID]; dup {
+				p.countInvalid(e)
+				return nil, validate.Errorf("events["+strconv.Itoa(i)+"].event_id", "repeats the id of events[%d]: event ids must be unique within a batch", j)
+			}
+			seen[e.ID] = i
+		}
+		msgs[i] = m
+		topics[i] = m.Topic
+	}
+	// Make sure each distinct topic exists (one map lookup per event once known).
+	for i, t := range topics {
+		if i > 0 && t == topics[i-1] {
+			continue
+		}
+		if err := p.topics.Ensure(ctx, t, kafka.Domain(events[i].Type)); err != nil {
+			p.countFailed(events, "unavailable")
+			return nil, &kafka.UnavailableError{Err: err}
+		}
+	}
+	b := kafka.NewBatch(len(msgs))
+	p.producer.Send(ctx, b, msgs)
+	return &Pending{events: events, topics: topics, batch: b, start: start, p: p}, nil
+}
+
+// Wait waits for every acknowledgement (or ctx's end) and returns the outcomes in order.
+func (pd *Pending) Wait(ctx context.Context) []Outcome {
+	pd.batch.Wait(ctx)
+	out := make([]Outcome, len(pd.events))
+	p := pd.p
+	var (
+		lastKey  [2]string
+		okCount  int
+		svcFirst = pd.events[0].Source
+	)
+	flush := func() {
+		if okCount > 0 {
+			p.metrics.Published.WithLabelValues(lastKey[0], lastKey[1]).Add(float64(okCount))
+		}
+		okCount = 0
+	}
+	for i := range pd.events {
+		e := &pd.events[i]
+		r, _ := pd.batch.Result(i)
+		out[i] = Outcome{EventID: e.ID, Topic: pd.topics[i], Partition: r.Partition, Offset: r.Offset, Err: r.Err}
+		if r.Err != nil {
+			reason := "unavailable"
+			if errors.Is(r.Err, context.DeadlineExceeded) || errors.Is(r.Err, context.Canceled) {
+				reason = "timeout"
+			}
+			p.metrics.PublishErrors.WithLabelValues(e.Source, e.Type, reason).Inc()
+			continue
+		}
+		if key := [2]string{e.Source, e.Type}; key != lastKey {
+			flush()
+			lastKey = key
+		}
+		okCount++
+	}
+	flush()
+	p.metrics.PublishDuration.WithLabelValues(svcFirst).Observe(time.Since(pd.start).Seconds())
+	return out
+}
+
+func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMessage) (*sarama.ProducerMessage, error) {
+	if err := e.Normalize(p.cfg.DefaultSource, p.cfg.Limits, now); err != nil {
+		return nil, err
+	}
+	if len(p.cfg.Domains) > 0 && !p.cfg.Domains[kafka.Domain(e.Type)] {
+		return nil, validate.Errorf("event_type", "has domain %q, which this gateway does not route (--domains)", kafka.Domain(e.Type))
+	}
+	var (
+		value []byte
+		ref   string
+		err   error
+	)
+	if s := p.schemas.Lookup(e.Type); s != nil {
+		if value, err = s.Encode(e.PayloadJSON, e.Payload); err != nil {
+			return nil, err
+		}
+		ref = s.Ref
+	} else {
+		if p.cfg.RequireSchemas {
+			return nil, validate.Errorf("event_type", "has no registered schema, and this gateway requires one (--require-schemas): call RegisterSchema first")
+		}
+		value = e.PayloadJSON
+		if value == nil {
+			if value, err = json.Marshal(e.Payload.AsMap()); err != nil {
+				return nil, validate.Errorf("payload", "cannot be written as JSON (NaN or infinite numbers?)")
+			}
+		}
+	}
+	if len(value) > p.cfg.Limits.MaxEventBytes {
+		return nil, validate.Errorf("payload", "is %d bytes encoded, over the %d-byte limit (--max-event-bytes)", len(value), p.cfg.Limits.MaxEventBytes)
+	}
+	*m = sarama.ProducerMessage{
+		Topic:   p.router.Topic(e.Type),
+		Key:     sarama.StringEncoder(e.Key()),
+		Value:   sarama.ByteEncoder(value),
+		Headers: e.Headers(ref),
+	}
+	return m, nil
+}
+
+func (p *Publisher) countInvalid(e *event.Event) {
+	p.metrics.PublishErrors.WithLabelValues(labelOr(e.Source, p.cfg.DefaultSource), labelType(e.Type), "invalid").Inc()
+}
+
+func (p *Publisher) countFailed(events []event.Event, reason string) {
+	for i := range events {
+		p.metrics.PublishErrors.WithLabelValues(events[i].Source, events[i].Type, reason).Inc()
+	}
+}
+
+// labelType keeps malformed event types out of label values (unbounded cardinality).
+func labelType(t string) string {
+	if validate.IsEventType(t) && len(t) <= 100 {
+		return t
+	}
+	return "invalid"
+}
+
+func labelOr(s, def string) string {
+	if s == "" || validate.Name("", s, 100, true) != nil {
+		return def
+	}
+	return s
+}
+
+// String describes an outcome for logs (ids only).
+func (o Outcome) String() string {
+	return fmt.Sprintf("%s → %s/%d@%d", o.EventID, o.Topic, o.Partition, o.Offset)
+}

@@ -1,0 +1,151 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+)
+
+// Options configures the gRPC server.
+type Options struct {
+	MaxRecvBytes int
+	Registerer   prometheus.Registerer
+	Log          *zap.Logger
+}
+
+// Services are the handlers to serve; nil ones answer Unimplemented.
+type Services struct {
+	Events     eventgwv1.EventServiceServer
+	EventStore eventgwv1.EventStoreServiceServer
+	Sagas      eventgwv1.SagaServiceServer
+	DeadLetter eventgwv1.DeadLetterServiceServer
+}
+
+// NewGRPC builds the gRPC server with health, reflection and metrics. The health
+// server starts NOT_SERVING; set it SERVING once everything behind it is up.
+func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
+	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+		grpcprom.WithHistogramBuckets([]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}),
+	))
+	opts.Registerer.MustRegister(metrics)
+	log := opts.Log
+	srv := grpc.NewServer(
+		grpc.MaxRecvMsgSize(opts.MaxRecvBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), recoverUnary(log), logUnary(log)),
+		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), recoverStream(log), logStream(log)),
+	)
+	if svcs.Events == nil {
+		svcs.Events = eventgwv1.UnimplementedEventServiceServer{}
+	}
+	if svcs.EventStore == nil {
+		svcs.EventStore = eventgwv1.UnimplementedEventStoreServiceServer{}
+	}
+	if svcs.Sagas == nil {
+		svcs.Sagas = eventgwv1.UnimplementedSagaServiceServer{}
+	}
+	if svcs.DeadLetter == nil {
+		svcs.DeadLetter = eventgwv1.UnimplementedDeadLetterServiceServer{}
+	}
+	eventgwv1.RegisterEventServiceServer(srv, svcs.Events)
+	eventgwv1.RegisterEventStoreServiceServer(srv, svcs.EventStore)
+	eventgwv1.RegisterSagaServiceServer(srv, svcs.Sagas)
+	eventgwv1.RegisterDeadLetterServiceServer(srv, svcs.DeadLetter)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv)
+	metrics.InitializeMetrics(srv)
+	return srv, hs
+}
+
+// SetServing flips every service's health status.
+func SetServing(hs *health.Server, serving bool) {
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if serving {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	hs.SetServingStatus("", st)
+	for _, name := range []string{
+		eventgwv1.EventService_ServiceDesc.ServiceName, eventgwv1.EventStoreService_ServiceDesc.ServiceName,
+		eventgwv1.SagaService_ServiceDesc.ServiceName, eventgwv1.DeadLetterService_ServiceDesc.ServiceName,
+	} {
+		hs.SetServingStatus(name, st)
+	}
+}
+
+// logUnary logs failed calls (method, code, message, duration): never request bodies.
+func logUnary(log *zap.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := handler(ctx, req)
+		logCall(log, info.FullMethod, start, err)
+		return resp, err
+	}
+}
+
+func logStream(log *zap.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		start := time.Now()
+		err := handler(srv, ss)
+		logCall(log, info.FullMethod, start, err)
+		return err
+	}
+}
+
+func logCall(log *zap.Logger, method string, start time.Time, err error) {
+	if err == nil {
+		if ce := log.Check(zap.DebugLevel, "call"); ce != nil {
+			ce.Write(zap.String("method", method), zap.Duration("duration", time.Since(start)))
+		}
+		return
+	}
+	st := status.Convert(err)
+	lvl := zap.InfoLevel
+	switch st.Code() {
+	case codes.Internal, codes.Unknown, codes.DataLoss:
+		lvl = zap.ErrorLevel
+	case codes.Unavailable, codes.DeadlineExceeded:
+		lvl = zap.WarnLevel
+	}
+	if ce := log.Check(lvl, "call failed"); ce != nil {
+		ce.Write(zap.String("method", method), zap.String("code", st.Code().String()),
+			zap.String("message", st.Message()), zap.Duration("duration", time.Since(start)))
+	}
+}
+
+func recoverUnary(log *zap.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in handler", zap.String("method", info.FullMethod), zap.Stack("stack"))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(ctx, req)
+	}
+}
+
+func recoverStream(log *zap.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in handler", zap.String("method", info.FullMethod), zap.Stack("stack"))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(srv, ss)
+	}
+}
