@@ -1,0 +1,216 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/app"
+	"github.com/eventgw/eventgw/internal/config"
+	"github.com/eventgw/eventgw/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+const tenantA = "6f1c2a9e-8d1b-4a4e-9f0e-2b9c1d3e4f5a"
+
+// lockedBuffer collects every log line of a sidecar.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Sync() error { return nil }
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+type sidecar struct {
+	t        *testing.T
+	app      *app.App
+	conn     *grpc.ClientConn
+	events   eventgwv1.EventServiceClient
+	kafka    *testenv.Kafka
+	logs     *lockedBuffer
+	stop     context.CancelFunc
+	done     chan error
+	dbURL    string
+	registry string
+}
+
+func defaultConfig(t *testing.T) config.Config {
+	var cfg config.Config
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfg.Register(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	cfg.GRPCAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.LogLevel = "debug"
+	cfg.ShutdownGrace = 5 * time.Second
+	return cfg
+}
+
+// startSidecar runs a sidecar against a fresh database, a 3-broker kfake cluster and an
+// srfake registry; mutate adjusts the config first.
+func startSidecar(t *testing.T, mutate func(*config.Config)) *sidecar {
+	t.Helper()
+	k := testenv.NewKafka(t)
+	reg := testenv.NewRegistry(t)
+	cfg := defaultConfig(t)
+	cfg.KafkaBrokers = joinComma(k.Brokers)
+	cfg.SchemaRegistryURL = reg.URL()
+	cfg.DatabaseURL = testenv.NewDatabase(t)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	s := runSidecar(t, cfg)
+	s.kafka = k
+	return s
+}
+
+func runSidecar(t *testing.T, cfg config.Config) *sidecar {
+	t.Helper()
+	logs := &lockedBuffer{}
+	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+	log := zap.New(zapcore.NewCore(enc, logs, zapcore.DebugLevel))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	a, err := app.Build(ctx, cfg, log)
+	cancel()
+	if err != nil {
+		t.Fatalf("build sidecar: %v", err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	target := a.GRPCAddr()
+	if len(cfg.GRPCAddr) > 7 && cfg.GRPCAddr[:7] == "unix://" {
+		target = cfg.GRPCAddr
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &sidecar{t: t, app: a, conn: conn, events: eventgwv1.NewEventServiceClient(conn), logs: logs,
+		stop: stop, done: done, dbURL: cfg.DatabaseURL, registry: cfg.SchemaRegistryURL}
+	t.Cleanup(func() {
+		_ = conn.Close()
+		s.shutdown()
+	})
+	return s
+}
+
+// shutdown stops the sidecar as SIGTERM would and waits for it.
+func (s *sidecar) shutdown() {
+	s.stop()
+	select {
+	case err, ok := <-s.done:
+		if ok && err != nil {
+			s.t.Errorf("sidecar stopped with error: %v", err)
+		}
+		close(s.done)
+	case <-time.After(30 * time.Second):
+		s.t.Error("sidecar did not stop within 30s")
+	}
+}
+
+func joinComma(ss []string) string {
+	out := ""
+	for i, s := range ss {
+		if i > 0 {
+			out += ","
+		}
+		out += s
+	}
+	return out
+}
+
+// consumeAll reads every record of topic currently in Kafka.
+func consumeAll(t *testing.T, brokers []string, topic string) []*kgo.Record {
+	t.Helper()
+	adm := newAdmin(t, brokers)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want int64
+	ends.Each(func(o kadm.ListedOffset) { want += o.Offset })
+	if want == 0 {
+		return nil
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var recs []*kgo.Record
+	for int64(len(recs)) < want {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("consumed %d of %d records of %s before timeout", len(recs), want, topic)
+		}
+		fs.EachRecord(func(r *kgo.Record) { recs = append(recs, r) })
+	}
+	return recs
+}
+
+func newAdmin(t *testing.T, brokers []string) *kadm.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return kadm.NewClient(cl)
+}
+
+// topicCount is the number of records in topic (0 when it does not exist).
+func topicCount(t *testing.T, brokers []string, topic string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ends, err := newAdmin(t, brokers).ListEndOffsets(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Err == nil {
+			n += o.Offset
+		}
+	})
+	return n
+}
+
+func header(r *kgo.Record, key string) (string, bool) {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}
