@@ -79,7 +79,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		}
 	}()
 	a.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	sarama.Logger, _ = zap.NewStdLogAt(log.Named("sarama"), zap.DebugLevel)
+	kafka.BridgeLogger(log)
 
 	a.brokers, a.registry, a.databaseURL = cfg.Brokers(), cfg.SchemaRegistryURL, cfg.DatabaseURL
 	if cfg.Dev {

@@ -1,0 +1,36 @@
+# eventgw — see README.md. `make run` starts the sidecar with its embedded stack;
+# `make test` runs every test (it starts Kafka, the registry and PostgreSQL itself).
+GO        ?= go
+BUF       := $(GO) run github.com/bufbuild/buf/cmd/buf@v1.75.0
+GOLANGCI  := $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
+BENCHTIME ?= 5s
+
+.PHONY: run build test test-short gen lint bench deps
+
+deps:
+	@./scripts/ensure-deps.sh
+
+build:
+	$(GO) build -o bin/eventgw ./cmd/eventgw
+
+run: deps build
+	./bin/eventgw serve --dev --log-format console
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-short: deps
+	$(GO) test -count=1 -short ./...
+
+gen:
+	$(BUF) format -w
+	$(BUF) lint
+	$(BUF) generate
+
+lint:
+	$(BUF) lint
+	$(GOLANGCI) run ./...
+
+bench: deps build
+	./bin/eventgw bench --duration $(BENCHTIME)

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// devSidecar is `eventgw serve --dev` run as a process, on free ports.
+type devSidecar struct {
+	cmd      *exec.Cmd
+	grpc     string
+	brokers  []string
+	registry string
+	logs     *strings.Builder
+	mu       *sync.Mutex
+	exited   chan error
+}
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "eventgw")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func startDev(t *testing.T, bin, dataDir string) *devSidecar {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--dev", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+		"--dev-kafka-ports", "0,0,0", "--dev-registry-addr", "127.0.0.1:0", "--dev-postgres-port", "0",
+		"--data-dir", dataDir)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &devSidecar{cmd: cmd, logs: &strings.Builder{}, mu: &sync.Mutex{}, exited: make(chan error, 1)}
+	ready := make(chan map[string]any, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			d.mu.Lock()
+			d.logs.WriteString(line + "\n")
+			d.mu.Unlock()
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "eventgw is ready" {
+				ready <- m
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+		d.exited <- cmd.Wait()
+	}()
+	select {
+	case m := <-ready:
+		d.grpc = m["grpc_listening"].(string)
+		for _, b := range m["kafka_brokers"].([]any) {
+			d.brokers = append(d.brokers, b.(string))
+		}
+		d.registry = m["schema_registry"].(string)
+	case err := <-d.exited:
+		t.Fatalf("eventgw exited before ready: %v\n%s", err, d.logText())
+	case <-time.After(2 * time.Minute):
+		_ = cmd.Process.Kill()
+		t.Fatalf("eventgw not ready in 2 minutes\n%s", d.logText())
+	}
+	return d
+}
+
+func (d *devSidecar) logText() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.logs.String()
+}
+
+// stop sends SIGTERM and expects a clean exit.
+func (d *devSidecar) stop(t *testing.T) {
+	t.Helper()
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.exited:
+		if err != nil {
+			t.Errorf("eventgw exited with %v after SIGTERM\n%s", err, d.logText())
+		}
+	case <-time.After(time.Minute):
+		_ = d.cmd.Process.Kill()
+		t.Fatal("eventgw did not stop within a minute of SIGTERM")
+	}
+}
+
+func grpcurlBin(t *testing.T) string {
+	t.Helper()
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	dir = filepath.Join(dir, "eventgw-test-bin")
+	bin := filepath.Join(dir, "grpcurl")
+	if _, err := os.Stat(bin); err == nil {
+		return dir
+	}
+	cmd := exec.Command("go", "install", "github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.3")
+	cmd.Env = append(os.Environ(), "GOBIN="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("install grpcurl: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// walkthrough returns the README's walkthrough, one shell script.
+func walkthrough(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "<!-- walkthrough:start -->")
+	body, _, ok2 := strings.Cut(rest, "<!-- walkthrough:end -->")
+	if !ok || !ok2 {
+		t.Fatal("README has no walkthrough markers")
+	}
+	var script strings.Builder
+	for _, m := range regexp.MustCompile("(?s)```bash\n(.*?)```").FindAllStringSubmatch(body, -1) {
+		script.WriteString(m[1])
+	}
+	if script.Len() == 0 {
+		t.Fatal("walkthrough has no bash block")
+	}
+	return script.String()
+}
+
+func dataDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "eventgw-dev-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // the postgres user must reach it
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+// TestREADMEWalkthrough runs the README's grpcurl walkthrough, as written, against
+// `eventgw serve --dev`; restarts it on the same data folder (schemas come back and
+// the registry is re-seeded); and checks SIGTERM stops it cleanly.
+func TestREADMEWalkthrough(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds grpcurl and the binary; run without -short")
+	}
+	if _, err := exec.LookPath("kcat"); err != nil {
+		t.Fatal("kcat is needed (the README uses it): run `make deps` or apt-get install kcat")
+	}
+	bin := buildBinary(t)
+	tools := grpcurlBin(t)
+	dir := dataDir(t)
+	d := startDev(t, bin, dir)
+
+	script := walkthrough(t)
+	script = strings.ReplaceAll(script, "127.0.0.1:50051", d.grpc)
+	script = strings.ReplaceAll(script, "127.0.0.1:19092", d.brokers[0])
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Env = append(os.Environ(), "PATH="+tools+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("walkthrough failed: %v\n%s\n--- sidecar log ---\n%s", err, out, d.logText())
+	}
+	o := string(out)
+	for _, want := range []string{
+		"eventgw.v1.EventService", "grpc.health.v1.Health",
+		`"subject": "healthtech.patient.events-patient.created"`,
+		`"topic": "healthtech.patient.events"`,
+		`"topic": "healthtech.appointment.events"`,
+		"ce_type=appointment.booked", "ce_tenantid=6f1c2a9e-8d1b-4a4e-9f0e-2b9c1d3e4f5a",
+		`"appointment_id":"a-2"`, "ce_type=patient.created", "ce_source=prm-service",
+	} {
+		if !strings.Contains(o, want) {
+			t.Errorf("walkthrough output lacks %q\n%s", want, o)
+		}
+	}
+	if strings.Contains(d.logText(), "Jane Doe") {
+		t.Error("a payload reached the sidecar's log")
+	}
+	d.stop(t)
+	if _, err := os.Stat(filepath.Join(dir, "pg", "postmaster.pid")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("PostgreSQL still running after the sidecar stopped (postmaster.pid: %v)", err)
+	}
+
+	// Restart on the same data: the schema is remembered and re-registered with the
+	// new (empty) dev registry, so Avro publishing works at once.
+	d = startDev(t, bin, dir)
+	defer d.stop(t)
+	env := append(os.Environ(), "PATH="+tools+":"+os.Getenv("PATH"))
+	run := func(args ...string) string {
+		c := exec.CommandContext(context.Background(), filepath.Join(tools, "grpcurl"), args...)
+		c.Env = env
+		out, err := c.CombinedOutput()
+		if err != nil {
+			t.Fatalf("grpcurl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := run("-plaintext", "-d", "{}", d.grpc, "eventgw.v1.EventService/ListSchemas"); !strings.Contains(out, `"eventType": "patient.created"`) {
+		t.Fatalf("schema not remembered after restart:\n%s", out)
+	}
+	out2 := run("-plaintext", "-d", `{"event":{"event_type":"patient.created","tenant_id":"6f1c2a9e-8d1b-4a4e-9f0e-2b9c1d3e4f5a","payload":{"patient_id":"p","name":"n","date_of_birth":"d"}}}`,
+		d.grpc, "eventgw.v1.EventService/Publish")
+	if !strings.Contains(out2, `"topic": "healthtech.patient.events"`) {
+		t.Fatalf("publish after restart:\n%s", out2)
+	}
+	if !strings.Contains(d.logText(), `"reseeded":1`) {
+		t.Errorf("the registry was not re-seeded:\n%s", d.logText())
+	}
+}
