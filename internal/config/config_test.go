@@ -38,7 +38,7 @@ func TestEnvOverridesAndValidation(t *testing.T) {
 func TestRedact(t *testing.T) {
 	for in, want := range map[string]string{
 		"postgres://u:secret@h:5432/db":           "postgres://u:xxxxx@h:5432/db",
-		"postgres://u@h/db?password=secret":        "postgres://u@h/db?password=xxxxx",
+		"postgres://u@h/db?password=secret":       "postgres://u@h/db?password=xxxxx",
 		"host=h user=u password=secret dbname=db": "host=h user=u password=xxxxx dbname=db",
 	} {
 		if got := RedactURL(in); got != want || strings.Contains(got, "secret") {

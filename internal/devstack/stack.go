@@ -7,7 +7,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-		"time"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"

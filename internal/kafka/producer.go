@@ -28,7 +28,9 @@ var ErrClosed = errors.New("kafka producer is closed")
 // be sent again (consumers deduplicate on the event id).
 type UnavailableError struct{ Err error }
 
-func (e *UnavailableError) Error() string   { return "kafka did not acknowledge the event: " + e.Err.Error() }
+func (e *UnavailableError) Error() string {
+	return "kafka did not acknowledge the event: " + e.Err.Error()
+}
 func (e *UnavailableError) Unwrap() error   { return e.Err }
 func (e *UnavailableError) Retriable() bool { return true }
 
