@@ -1,9 +1,9 @@
 package main
 
-import "fmt"
+import (
+	"os"
 
-func bench(args []string) int {
-	_ = args
-	fmt.Println("bench: not built yet")
-	return 2
-}
+	"github.com/eventgw/eventgw/internal/bench"
+)
+
+func runBench(args []string) int { return bench.Main(args, os.Stdout) }

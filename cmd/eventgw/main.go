@@ -59,7 +59,7 @@ func run(args []string) int {
 		}
 		return serve(cfg, serveFS)
 	case "bench":
-		return bench(args[1:])
+		return runBench(args[1:])
 	case "help", "-h", "--help", "-help":
 		printUsage()
 		return 0

@@ -126,7 +126,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	}
 
 	// Kafka.
-	kcfg := kafka.ProducerConfig("eventgw-"+cfg.ServiceName, cfg.MaxEventBytes+64<<10)
+	kcfg := kafka.ProducerConfig("eventgw-"+cfg.ServiceName, kafka.MaxMessageBytes(cfg.MaxEventBytes))
 	a.Kafka, err = sarama.NewClient(a.brokers, kcfg)
 	if err != nil {
 		return nil, fmt.Errorf("kafka brokers %s are unreachable: %w", strings.Join(a.brokers, ","), err)
@@ -140,6 +140,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	settings.MaxReplication = int16(cfg.Replication)
 	settings.MinInsyncReplicas = int16(cfg.MinInsyncReplicas)
 	settings.DefaultRetention = cfg.Retention
+	settings.MaxMessageBytes = kafka.MaxMessageBytes(cfg.MaxEventBytes)
 	for d, r := range retention {
 		settings.Retention[d] = r
 	}

@@ -1,7 +1,6 @@
 package event
 
 import (
-	"encoding/json"
 	"time"
 
 	"github.com/google/uuid"
@@ -133,15 +132,6 @@ func (e *Event) Key() string {
 		return e.PartitionKey
 	}
 	return e.TenantID
-}
-
-// IsJSONObject reports whether b is one valid JSON object.
-func IsJSONObject(b []byte) bool {
-	i := 0
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i < len(b) && b[i] == '{' && json.Valid(b)
 }
 
 func isExtensionName(k string) bool {

@@ -55,7 +55,14 @@ type TopicSettings struct {
 	DefaultRetention  time.Duration
 	// Retention per domain (such as clinical: 90 days).
 	Retention map[string]time.Duration
+	// MaxMessageBytes is the topics' max.message.bytes: it must hold the largest
+	// record batch the producer builds (see MaxMessageBytes).
+	MaxMessageBytes int
 }
+
+// MaxMessageBytes is the producer's record-batch limit for events of up to
+// maxEventBytes (payload plus room for key and headers).
+func MaxMessageBytes(maxEventBytes int) int { return maxEventBytes + 64<<10 }
 
 // DefaultTopicSettings are the guide's: 12 partitions, replication 3, min ISR 2,
 // retention 30 days (clinical 90).

@@ -74,13 +74,19 @@ func (t *Topics) Detail(domain string) *sarama.TopicDetail {
 	}
 	ms := strconv.FormatInt(retention.Milliseconds(), 10)
 	isr := strconv.Itoa(int(minISR))
+	entries := map[string]*string{
+		"min.insync.replicas": &isr,
+		"retention.ms":        &ms,
+	}
+	if t.settings.MaxMessageBytes > 0 {
+		// A little over the producer's limit: the batch header is not counted there.
+		mmb := strconv.Itoa(t.settings.MaxMessageBytes + 1024)
+		entries["max.message.bytes"] = &mmb
+	}
 	return &sarama.TopicDetail{
 		NumPartitions:     t.settings.Partitions,
 		ReplicationFactor: rf,
-		ConfigEntries: map[string]*string{
-			"min.insync.replicas": &isr,
-			"retention.ms":        &ms,
-		},
+		ConfigEntries:     entries,
 	}
 }
 

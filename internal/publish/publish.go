@@ -2,7 +2,6 @@ package publish
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -203,8 +202,8 @@ func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMess
 		}
 		value = e.PayloadJSON
 		if value == nil {
-			if value, err = json.Marshal(e.Payload.AsMap()); err != nil {
-				return nil, validate.Errorf("payload", "cannot be written as JSON (NaN or infinite numbers?)")
+			if value, err = event.AppendStructJSON(make([]byte, 0, 256), e.Payload); err != nil {
+				return nil, validate.Errorf("payload", "holds a NaN or infinite number, which JSON cannot represent")
 			}
 		}
 	}

@@ -1,0 +1,520 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/app"
+	"github.com/eventgw/eventgw/internal/config"
+	"github.com/eventgw/eventgw/internal/devstack"
+	gwevent "github.com/eventgw/eventgw/internal/event"
+	"github.com/eventgw/eventgw/internal/kafka"
+)
+
+// tenants are the partition keys the events spread over (gateway and direct alike), as
+// a platform's many tenants would.
+var tenants = func() []string {
+	out := make([]string, 64)
+	for i := range out {
+		out[i] = fmt.Sprintf("6f1c2a9e-8d1b-4a4e-9f0e-%012x", i)
+	}
+	return out
+}()
+
+var tenantSeq atomic.Uint64
+
+func nextTenant() string { return tenants[tenantSeq.Add(1)%uint64(len(tenants))] }
+
+// Options are the bench flags.
+type Options struct {
+	Duration time.Duration
+	Sizes    string
+	Only     string
+	// CPUProfile, when set, is where a CPU profile of the run is written.
+	CPUProfile string
+}
+
+// Result is one measured scenario.
+type Result struct {
+	Name     string
+	Size     int
+	Events   int64
+	Elapsed  time.Duration
+	P50, P99 time.Duration
+	Errors   int64
+}
+
+// Rate is events per second.
+func (r Result) Rate() float64 { return float64(r.Events) / r.Elapsed.Seconds() }
+
+// Main runs `eventgw bench`.
+func Main(args []string, out io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var o Options
+	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "how long each scenario runs")
+	fs.StringVar(&o.Sizes, "sizes", "200,1024", "payload sizes in bytes, comma-separated")
+	fs.StringVar(&o.Only, "only", "", "run only scenarios whose name contains this")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if err := run(o, out); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	return 0
+}
+
+type env struct {
+	events  eventgwv1.EventServiceClient
+	brokers []string
+	conns   []*grpc.ClientConn
+}
+
+func run(o Options, out io.Writer) error {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "eventgw-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	_ = os.Chmod(dir, 0o755)
+	stack, err := devstack.Start(ctx, devstack.Options{KafkaPorts: []int{0, 0, 0}, RegistryAddr: "127.0.0.1:0", DataDir: dir})
+	if err != nil {
+		return err
+	}
+	defer stack.Close()
+	var cfg config.Config
+	cfs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfg.Register(cfs)
+	_ = cfs.Parse(nil)
+	cfg.GRPCAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.KafkaBrokers = strings.Join(stack.Brokers(), ",")
+	cfg.SchemaRegistryURL = stack.RegistryURL
+	cfg.DatabaseURL = stack.DatabaseURL
+	a, err := app.Build(ctx, cfg, zap.NewNop())
+	if err != nil {
+		return err
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+
+	e := &env{brokers: stack.Brokers()}
+	// Several connections, as several app processes or a pooled client would have.
+	for range 4 {
+		c, err := grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		e.conns = append(e.conns, c)
+		defer c.Close()
+	}
+	e.events = eventgwv1.NewEventServiceClient(e.conns[0])
+	// Create the topic before measuring.
+	if _, err := e.events.Publish(ctx, &eventgwv1.PublishRequest{Event: event(200, false)}); err != nil {
+		return fmt.Errorf("warm-up publish: %w", err)
+	}
+
+	fmt.Fprintf(out, "eventgw bench: %d cores (GOMAXPROCS %d), %s, kfake 3 brokers in this process, %v per scenario\n\n",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), o.Duration)
+	var results []Result
+	for _, sz := range strings.Split(o.Sizes, ",") {
+		size, err := strconv.Atoi(strings.TrimSpace(sz))
+		if err != nil {
+			return fmt.Errorf("--sizes: %w", err)
+		}
+		for _, sc := range scenarios(e, size) {
+			if o.Only != "" && !strings.Contains(sc.name, o.Only) {
+				continue
+			}
+			r, err := sc.run(o.Duration)
+			if err != nil {
+				return fmt.Errorf("%s: %w", sc.name, err)
+			}
+			r.Name, r.Size = sc.name, size
+			results = append(results, r)
+			fmt.Fprintf(os.Stderr, "  %-42s %6d B  %10.0f ev/s  p50 %-9v p99 %-9v errors %d\n", r.Name, size, r.Rate(), r.P50, r.P99, r.Errors)
+		}
+	}
+	report(out, results)
+	return nil
+}
+
+type scenario struct {
+	name string
+	run  func(d time.Duration) (Result, error)
+}
+
+func scenarios(e *env, size int) []scenario {
+	return []scenario{
+		{"direct sarama SyncProducer, 1 caller", func(d time.Duration) (Result, error) { return e.syncDirect(d, size, 1) }},
+		{"direct sarama SyncProducer, 64 callers", func(d time.Duration) (Result, error) { return e.syncDirect(d, size, 64) }},
+		{"direct sarama AsyncProducer", func(d time.Duration) (Result, error) { return e.asyncDirect(d, size, false) }},
+		{"direct sarama AsyncProducer, CloudEvents headers", func(d time.Duration) (Result, error) { return e.asyncDirect(d, size, true) }},
+		{"gateway Publish, 1 caller, payload_json", func(d time.Duration) (Result, error) { return e.publish(d, size, 1, false) }},
+		{"gateway Publish, 1 caller, Struct", func(d time.Duration) (Result, error) { return e.publish(d, size, 1, true) }},
+		{"gateway Publish, 64 callers, payload_json", func(d time.Duration) (Result, error) { return e.publish(d, size, 64, false) }},
+		{"gateway Publish, 64 callers, Struct", func(d time.Duration) (Result, error) { return e.publish(d, size, 64, true) }},
+		{"gateway PublishBatch 100, 16 callers, payload_json", func(d time.Duration) (Result, error) { return e.batch(d, size, 100, 16, false) }},
+		{"gateway PublishBatch 100, 16 callers, Struct", func(d time.Duration) (Result, error) { return e.batch(d, size, 100, 16, true) }},
+		{"gateway PublishStream 100/req, payload_json", func(d time.Duration) (Result, error) { return e.stream(d, size, 100, 16, false) }},
+		{"gateway PublishStream 100/req, Struct", func(d time.Duration) (Result, error) { return e.stream(d, size, 100, 16, true) }},
+		{"gateway PublishStream 1/req, payload_json", func(d time.Duration) (Result, error) { return e.stream(d, size, 1, 2000, false) }},
+	}
+}
+
+// payloadJSON is a JSON object of about size bytes.
+func payloadJSON(size int) []byte {
+	base := `{"patient_id":"1d2c3b4a-5e6f-4a8b-9c0d-1e2f3a4b5c6d","name":"Jane Doe","date_of_birth":"1990-04-01","note":""}`
+	pad := size - len(base)
+	if pad < 0 {
+		pad = 0
+	}
+	return []byte(strings.Replace(base, `"note":""`, `"note":"`+strings.Repeat("x", pad)+`"`, 1))
+}
+
+func event(size int, asStruct bool) *eventgwv1.Event {
+	ev := &eventgwv1.Event{EventType: "bench.measured", TenantId: nextTenant(), SourceService: "bench"}
+	raw := payloadJSON(size)
+	if asStruct {
+		var m map[string]any
+		_ = json.Unmarshal(raw, &m)
+		s, _ := structpb.NewStruct(m)
+		ev.Data = &eventgwv1.Event_Payload{Payload: s}
+	} else {
+		ev.Data = &eventgwv1.Event_PayloadJson{PayloadJson: raw}
+	}
+	return ev
+}
+
+// latencies collects per-call durations from many goroutines.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(ds []time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, ds...)
+	l.mu.Unlock()
+}
+
+func (l *latencies) fill(r *Result) {
+	if len(l.d) == 0 {
+		return
+	}
+	slices.Sort(l.d)
+	r.P50 = l.d[len(l.d)/2].Round(time.Microsecond)
+	r.P99 = l.d[len(l.d)*99/100].Round(time.Microsecond)
+}
+
+// loop runs fn on n goroutines for d; fn returns events done and an error count.
+func loop(d time.Duration, n int, fn func(lat *[]time.Duration) (int64, int64)) Result {
+	var (
+		events, errs atomic.Int64
+		lat          latencies
+		wg           sync.WaitGroup
+		stop         atomic.Bool
+	)
+	start := time.Now()
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 1024)
+			for !stop.Load() {
+				ev, er := fn(&local)
+				events.Add(ev)
+				errs.Add(er)
+			}
+			lat.add(local)
+		}()
+	}
+	time.Sleep(d)
+	stop.Store(true)
+	wg.Wait()
+	r := Result{Events: events.Load(), Errors: errs.Load(), Elapsed: time.Since(start)}
+	lat.fill(&r)
+	return r
+}
+
+func (e *env) client(i int) eventgwv1.EventServiceClient {
+	return eventgwv1.NewEventServiceClient(e.conns[i%len(e.conns)])
+}
+
+func (e *env) publish(d time.Duration, size, callers int, asStruct bool) (Result, error) {
+	evs := make([]*eventgwv1.Event, len(tenants))
+	for i := range evs {
+		evs[i] = event(size, asStruct)
+	}
+	var n atomic.Int64
+	return loop(d, callers, func(lat *[]time.Duration) (int64, int64) {
+		i := int(n.Add(1))
+		c := e.client(i)
+		t := time.Now()
+		_, err := c.Publish(context.Background(), &eventgwv1.PublishRequest{Event: evs[i%len(evs)]})
+		*lat = append(*lat, time.Since(t))
+		if err != nil {
+			return 0, 1
+		}
+		return 1, 0
+	}), nil
+}
+
+func (e *env) batch(d time.Duration, size, per, callers int, asStruct bool) (Result, error) {
+	evs := make([]*eventgwv1.Event, per)
+	for i := range evs {
+		evs[i] = event(size, asStruct)
+	}
+	var n atomic.Int64
+	return loop(d, callers, func(lat *[]time.Duration) (int64, int64) {
+		c := e.client(int(n.Add(1)))
+		t := time.Now()
+		resp, err := c.PublishBatch(context.Background(), &eventgwv1.PublishBatchRequest{Events: evs})
+		*lat = append(*lat, time.Since(t))
+		if err != nil {
+			return 0, int64(per)
+		}
+		var ok, bad int64
+		for _, r := range resp.GetResults() {
+			if r.GetResult() != nil {
+				ok++
+			} else {
+				bad++
+			}
+		}
+		return ok, bad
+	}), nil
+}
+
+// stream keeps window requests in flight on one PublishStream.
+func (e *env) stream(d time.Duration, size, per, window int, asStruct bool) (Result, error) {
+	evs := make([]*eventgwv1.Event, per)
+	for i := range evs {
+		evs[i] = event(size, asStruct)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := e.events.PublishStream(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	tokens := make(chan struct{}, window)
+	sent := make(map[uint64]time.Time, window)
+	var mu sync.Mutex
+	var stop atomic.Bool
+	start := time.Now()
+	sendDone := make(chan error, 1)
+	go func() {
+		for id := uint64(1); !stop.Load(); id++ {
+			tokens <- struct{}{}
+			mu.Lock()
+			sent[id] = time.Now()
+			mu.Unlock()
+			if err := st.Send(&eventgwv1.PublishStreamRequest{RequestId: id, Events: evs}); err != nil {
+				sendDone <- err
+				return
+			}
+		}
+		sendDone <- st.CloseSend()
+	}()
+	go func() { time.Sleep(d); stop.Store(true) }()
+	var (
+		res Result
+		lat latencies
+		ds  []time.Duration
+	)
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			if err == io.EOF {
+				break
+			}
+			return Result{}, err
+		}
+		<-tokens
+		mu.Lock()
+		t0 := sent[resp.GetRequestId()]
+		delete(sent, resp.GetRequestId())
+		mu.Unlock()
+		ds = append(ds, time.Since(t0))
+		for _, r := range resp.GetResults() {
+			if r.GetResult() != nil {
+				res.Events++
+			} else {
+				res.Errors++
+			}
+		}
+		if resp.GetError() != nil {
+			res.Errors += int64(per)
+		}
+	}
+	res.Elapsed = time.Since(start)
+	if err := <-sendDone; err != nil {
+		return Result{}, err
+	}
+	lat.add(ds)
+	lat.fill(&res)
+	return res, nil
+}
+
+func (e *env) saramaClient() (sarama.Client, error) {
+	return sarama.NewClient(e.brokers, kafka.ProducerConfig("bench-direct", kafka.MaxMessageBytes(1<<20)))
+}
+
+func (e *env) message(size int) *sarama.ProducerMessage {
+	return &sarama.ProducerMessage{Topic: "healthtech.bench.events", Key: sarama.StringEncoder(nextTenant()),
+		Value: sarama.ByteEncoder(payloadJSON(size))}
+}
+
+func (e *env) syncDirect(d time.Duration, size, callers int) (Result, error) {
+	cl, err := e.saramaClient()
+	if err != nil {
+		return Result{}, err
+	}
+	defer cl.Close()
+	sp, err := sarama.NewSyncProducerFromClient(cl)
+	if err != nil {
+		return Result{}, err
+	}
+	defer sp.Close()
+	return loop(d, callers, func(lat *[]time.Duration) (int64, int64) {
+		m := e.message(size)
+		t := time.Now()
+		_, _, err := sp.SendMessage(m)
+		*lat = append(*lat, time.Since(t))
+		if err != nil {
+			return 0, 1
+		}
+		return 1, 0
+	}), nil
+}
+
+// asyncDirect floods a direct AsyncProducer; withHeaders writes the same records the
+// gateway writes (a fresh event id and the CloudEvents envelope per event), which is
+// what an application doing the gateway's job with raw sarama would send.
+func (e *env) asyncDirect(d time.Duration, size int, withHeaders bool) (Result, error) {
+	cl, err := e.saramaClient()
+	if err != nil {
+		return Result{}, err
+	}
+	defer cl.Close()
+	ap, err := sarama.NewAsyncProducerFromClient(cl)
+	if err != nil {
+		return Result{}, err
+	}
+	var res Result
+	var wg sync.WaitGroup
+	wg.Add(2)
+	var ok, bad atomic.Int64
+	go func() {
+		defer wg.Done()
+		for range ap.Successes() {
+			ok.Add(1)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for pe := range ap.Errors() {
+			if bad.Add(1) == 1 {
+				fmt.Fprintln(os.Stderr, "  first direct async error:", pe.Err)
+			}
+		}
+	}()
+	start := time.Now()
+	deadline := start.Add(d)
+	value := sarama.ByteEncoder(payloadJSON(size))
+	for i := 0; ; i++ {
+		if i%256 == 0 && time.Now().After(deadline) {
+			break
+		}
+		m := &sarama.ProducerMessage{Topic: "healthtech.bench.events", Key: sarama.StringEncoder(nextTenant()), Value: value}
+		if withHeaders {
+			id, _ := uuid.NewV7()
+			ev := gwevent.Event{ID: id.String(), Type: "bench.measured", TenantID: string(m.Key.(sarama.StringEncoder)),
+				Source: "bench", CorrelationID: id.String(), Time: time.Now()}
+			m.Headers = ev.Headers("")
+		}
+		ap.Input() <- m
+	}
+	ap.AsyncClose()
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	res.Events, res.Errors = ok.Load(), bad.Load()
+	return res, nil
+}
+
+func report(out io.Writer, rs []Result) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tpayload\tevents/s\tp50\tp99\terrors\tvs direct\t")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%d B\t%.0f\t%v\t%v\t%d\t%s\t\n", r.Name, r.Size, r.Rate(), r.P50, r.P99, r.Errors, ratio(r, rs))
+	}
+	_ = tw.Flush()
+	fmt.Fprintln(out, "\nvs direct: throughput ratio against the direct AsyncProducer (batched and streamed; in brackets")
+	fmt.Fprintln(out, "against the AsyncProducer writing the same CloudEvents records), or against")
+	fmt.Fprintln(out, "the SyncProducer with as many callers (Publish); for Publish with 1 caller, also the p99 added.")
+}
+
+func ratio(r Result, rs []Result) string {
+	find := func(name string) *Result {
+		for i := range rs {
+			if rs[i].Name == name && rs[i].Size == r.Size {
+				return &rs[i]
+			}
+		}
+		return nil
+	}
+	switch {
+	case strings.HasPrefix(r.Name, "gateway PublishBatch"), strings.HasPrefix(r.Name, "gateway PublishStream"):
+		b, h := find("direct sarama AsyncProducer"), find("direct sarama AsyncProducer, CloudEvents headers")
+		if b != nil && h != nil {
+			return fmt.Sprintf("%.2fx async (%.2fx same records)", r.Rate()/b.Rate(), r.Rate()/h.Rate())
+		}
+	case strings.HasPrefix(r.Name, "gateway Publish, 1 caller"):
+		if b := find("direct sarama SyncProducer, 1 caller"); b != nil {
+			return fmt.Sprintf("%.2fx sync, p99 +%v", r.Rate()/b.Rate(), (r.P99 - b.P99).Round(time.Microsecond))
+		}
+	case strings.HasPrefix(r.Name, "gateway Publish, 64 callers"):
+		if b := find("direct sarama SyncProducer, 64 callers"); b != nil {
+			return fmt.Sprintf("%.2fx sync", r.Rate()/b.Rate())
+		}
+	}
+	return "-"
+}
