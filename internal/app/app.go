@@ -24,6 +24,7 @@ import (
 	"github.com/eventgw/eventgw/internal/event"
 	"github.com/eventgw/eventgw/internal/kafka"
 	"github.com/eventgw/eventgw/internal/metrics"
+	"github.com/eventgw/eventgw/internal/outbox"
 	"github.com/eventgw/eventgw/internal/publish"
 	"github.com/eventgw/eventgw/internal/schema"
 	"github.com/eventgw/eventgw/internal/server"
@@ -43,6 +44,10 @@ type App struct {
 	Router   *kafka.Router
 	Schemas  *schema.Registry
 	Registry *prometheus.Registry
+	Events   *store.Events
+	Relay    *outbox.Relay
+
+	snapshots *store.Snapshotter
 
 	grpcSrv     *grpc.Server
 	health      *health.Server
@@ -176,10 +181,15 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Timeout:        cfg.PublishTimeout,
 	}, a.Router, topics, a.Producer, a.Schemas, m, log)
 
+	a.Events = store.NewEvents(a.Pool, outbox.Shards)
+	a.Relay = outbox.New(a.Pool, pub, a.Registry, log)
+	a.snapshots = store.NewSnapshotter(a.Events, int64(cfg.SnapshotEvery), log)
 	a.grpcSrv, a.health = server.NewGRPC(server.Options{
 		MaxRecvBytes: cfg.MaxRequestBytes, Registerer: a.Registry, Log: log,
 	}, server.Services{
 		Events: server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log),
+		EventStore: server.NewEventStoreService(a.Events, a.snapshots, pub, a.Relay, outbox.ToEvent,
+			outbox.Shards, cfg.MaxBatch, cfg.MaxEventBytes),
 	})
 	a.httpSrv = server.NewHTTP(a.Registry, []server.ReadyCheck{
 		{Name: "postgres", Check: a.Pool.Ping},
@@ -242,6 +252,12 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	// The outbox relay and the snapshotter outlive the gRPC server a little: they stop
+	// after it, before the producer they publish through is closed.
+	bgCtx, bgStop := context.WithCancel(context.Background())
+	var bg errgroup.Group
+	bg.Go(func() error { return a.Relay.Run(bgCtx) })
+	bg.Go(func() error { return a.snapshots.Run(bgCtx) })
 	server.SetServing(a.health, true)
 	a.logReady()
 	g.Go(func() error {
@@ -261,6 +277,8 @@ func (a *App) Run(ctx context.Context) error {
 		return a.httpSrv.Shutdown(hctx)
 	})
 	err := g.Wait()
+	bgStop()
+	_ = bg.Wait()
 	if cerr := a.closer.unwind(); cerr != nil {
 		a.log.Warn("shutdown", zap.Error(cerr))
 	}

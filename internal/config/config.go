@@ -49,6 +49,7 @@ type Config struct {
 	RequireSchemas  bool
 	PublishTimeout  time.Duration
 	ShutdownGrace   time.Duration
+	SnapshotEvery   int
 }
 
 // Register defines the serve flags on fs.
@@ -84,6 +85,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", 64<<20, "largest gRPC request message in bytes")
 	fs.BoolVar(&c.RequireSchemas, "require-schemas", false, "refuse events whose type has no registered schema")
 	fs.DurationVar(&c.PublishTimeout, "publish-timeout", 30*time.Second, "deadline of a publish call that brings none")
+	fs.IntVar(&c.SnapshotEvery, "snapshot-every", 100, "write an aggregate snapshot automatically every this many events (0: never)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight calls get to finish on SIGINT/SIGTERM")
 }
 

@@ -91,7 +91,7 @@ func (p *Publisher) withTimeout(ctx context.Context) (context.Context, context.C
 // Start checks and encodes events and hands them to Kafka without waiting, so that a
 // stream can keep many batches in flight. Wait on the result for the outcomes.
 func (p *Publisher) Start(ctx context.Context, events []event.Event) (*Pending, error) {
-	start := time.Now()
+	now := time.Now()
 	if len(events) == 0 {
 		return nil, validate.Errorf("events", "is empty: send at least one event")
 	}
@@ -100,15 +100,13 @@ func (p *Publisher) Start(ctx context.Context, events []event.Event) (*Pending, 
 	}
 	msgs := make([]*sarama.ProducerMessage, len(events))
 	backing := make([]sarama.ProducerMessage, len(events))
-	topics := make([]string, len(events))
 	var seen map[string]int
 	if len(events) > 1 {
 		seen = make(map[string]int, len(events))
 	}
 	for i := range events {
 		e := &events[i]
-		m, err := p.encode(e, start, &backing[i])
-		if err != nil {
+		if err := p.encode(e, now, &backing[i]); err != nil {
 			p.countInvalid(e)
 			if len(events) > 1 {
 				return nil, validate.Prefix("events["+strconv.Itoa(i)+"]", err)
@@ -122,15 +120,37 @@ func (p *Publisher) Start(ctx context.Context, events []event.Event) (*Pending, 
 			}
 			seen[e.ID] = i
 		}
-		msgs[i] = m
-		topics[i] = m.Topic
+		msgs[i] = &backing[i]
 	}
-	// Make sure each distinct topic exists (one map lookup per event once known).
-	for i, t := range topics {
-		if i > 0 && t == topics[i-1] {
+	return p.Send(ctx, events, msgs, now)
+}
+
+// Check runs every check and the encoding of Start on e without sending it (for events
+// stored first and published later through the outbox).
+func (p *Publisher) Check(e *event.Event) error {
+	var m sarama.ProducerMessage
+	return p.encode(e, time.Now(), &m)
+}
+
+// Encode checks e and encodes it into a Kafka message.
+func (p *Publisher) Encode(e *event.Event, now time.Time) (*sarama.ProducerMessage, error) {
+	m := &sarama.ProducerMessage{}
+	if err := p.encode(e, now, m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Send hands encoded messages (msgs[i] encodes events[i]) to Kafka, creating their
+// topics first when needed.
+func (p *Publisher) Send(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time) (*Pending, error) {
+	topics := make([]string, len(msgs))
+	for i, m := range msgs {
+		topics[i] = m.Topic
+		if i > 0 && m.Topic == msgs[i-1].Topic {
 			continue
 		}
-		if err := p.topics.Ensure(ctx, t, kafka.Domain(events[i].Type)); err != nil {
+		if err := p.topics.Ensure(ctx, m.Topic, kafka.Domain(events[i].Type)); err != nil {
 			p.countFailed(events, "unavailable")
 			return nil, &kafka.UnavailableError{Err: err}
 		}
@@ -179,12 +199,12 @@ func (pd *Pending) Wait(ctx context.Context) []Outcome {
 	return out
 }
 
-func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMessage) (*sarama.ProducerMessage, error) {
+func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMessage) error {
 	if err := e.Normalize(p.cfg.DefaultSource, p.cfg.Limits, now); err != nil {
-		return nil, err
+		return err
 	}
 	if len(p.cfg.Domains) > 0 && !p.cfg.Domains[kafka.Domain(e.Type)] {
-		return nil, validate.Errorf("event_type", "has domain %q, which this gateway does not route (--domains)", kafka.Domain(e.Type))
+		return validate.Errorf("event_type", "has domain %q, which this gateway does not route (--domains)", kafka.Domain(e.Type))
 	}
 	var (
 		value []byte
@@ -193,22 +213,22 @@ func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMess
 	)
 	if s := p.schemas.Lookup(e.Type); s != nil {
 		if value, err = s.Encode(e.PayloadJSON, e.Payload); err != nil {
-			return nil, err
+			return err
 		}
 		ref = s.Ref
 	} else {
 		if p.cfg.RequireSchemas {
-			return nil, validate.Errorf("event_type", "has no registered schema, and this gateway requires one (--require-schemas): call RegisterSchema first")
+			return validate.Errorf("event_type", "has no registered schema, and this gateway requires one (--require-schemas): call RegisterSchema first")
 		}
 		value = e.PayloadJSON
 		if value == nil {
 			if value, err = event.AppendStructJSON(make([]byte, 0, 256), e.Payload); err != nil {
-				return nil, validate.Errorf("payload", "holds a NaN or infinite number, which JSON cannot represent")
+				return validate.Errorf("payload", "holds a NaN or infinite number, which JSON cannot represent")
 			}
 		}
 	}
 	if len(value) > p.cfg.Limits.MaxEventBytes {
-		return nil, validate.Errorf("payload", "is %d bytes encoded, over the %d-byte limit (--max-event-bytes)", len(value), p.cfg.Limits.MaxEventBytes)
+		return validate.Errorf("payload", "is %d bytes encoded, over the %d-byte limit (--max-event-bytes)", len(value), p.cfg.Limits.MaxEventBytes)
 	}
 	*m = sarama.ProducerMessage{
 		Topic:   p.router.Topic(e.Type),
@@ -216,7 +236,7 @@ func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMess
 		Value:   sarama.ByteEncoder(value),
 		Headers: e.Headers(ref),
 	}
-	return m, nil
+	return nil
 }
 
 func (p *Publisher) countInvalid(e *event.Event) {

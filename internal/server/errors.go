@@ -3,13 +3,17 @@ package server
 import (
 	"context"
 	"errors"
+	"net"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/kafka"
 	"github.com/eventgw/eventgw/internal/schema"
+	"github.com/eventgw/eventgw/internal/store"
 	"github.com/eventgw/eventgw/internal/validate"
 )
 
@@ -22,9 +26,34 @@ func rewriteError(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	var ve *validate.Error
-	var ue *kafka.UnavailableError
+	var (
+		ve  *validate.Error
+		ue  *kafka.UnavailableError
+		ce  *store.ConflictError
+		te  *store.TypeMismatchError
+		pge *pgconn.PgError
+	)
 	switch {
+	case errors.As(err, &ce):
+		st := status.New(codes.Aborted, ce.Error()+"; reload the aggregate and retry")
+		if ds, derr := st.WithDetails(&eventgwv1.VersionConflict{AggregateId: ce.AggregateID, CurrentVersion: ce.Current}); derr == nil {
+			st = ds
+		}
+		return st.Err()
+	case errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.NotFound, "aggregate not found")
+	case errors.Is(err, store.ErrEventIDTaken), errors.Is(err, store.ErrPartialDuplicate):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.As(err, &te):
+		return status.Error(codes.FailedPrecondition, te.Error())
+	case errors.Is(err, store.ErrSnapshotVersion):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.As(err, &pge) && (pge.Code == "40001" || pge.Code == "40P01"):
+		return status.Error(codes.Aborted, "concurrent update: retry")
+	case errors.As(err, &pge) && (pge.Code == "57P01" || pge.Code == "57P03" || pge.Code[:2] == "08"):
+		return status.Error(codes.Unavailable, "database unavailable: retry later")
+	case isConnError(err):
+		return status.Error(codes.Unavailable, "database unavailable: retry later")
 	case errors.As(err, &ve):
 		st := status.New(codes.InvalidArgument, ve.Error())
 		if ds, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
@@ -53,4 +82,12 @@ func rewriteError(err error) error {
 func statusCode(err error) (codes.Code, string) {
 	st := status.Convert(rewriteError(err))
 	return st.Code(), st.Message()
+}
+
+// isConnError reports a database that could not be reached or went away.
+func isConnError(err error) bool {
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	return errors.As(err, &ce) || errors.As(err, &ne) || pgconn.SafeToRetry(err) ||
+		(pgconn.Timeout(err) && !errors.Is(err, context.DeadlineExceeded))
 }

@@ -254,7 +254,11 @@ type StoredEvent struct {
 	Data          *structpb.Struct       `protobuf:"bytes,7,opt,name=data,proto3" json:"data,omitempty"`
 	Metadata      map[string]string      `protobuf:"bytes,8,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	OccurredAt    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=occurred_at,json=occurredAt,proto3" json:"occurred_at,omitempty"`
-	Position      int64                  `protobuf:"varint,10,opt,name=position,proto3" json:"position,omitempty"`
+	// Global position: unique and increasing in commit-safe order (not dense).
+	Position int64 `protobuf:"varint,10,opt,name=position,proto3" json:"position,omitempty"`
+	// The data as JSON bytes instead of data, when the request asked for data_as_json.
+	DataJson      []byte                 `protobuf:"bytes,11,opt,name=data_json,json=dataJson,proto3" json:"data_json,omitempty"`
+	RecordedAt    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -357,6 +361,20 @@ func (x *StoredEvent) GetPosition() int64 {
 		return x.Position
 	}
 	return 0
+}
+
+func (x *StoredEvent) GetDataJson() []byte {
+	if x != nil {
+		return x.DataJson
+	}
+	return nil
+}
+
+func (x *StoredEvent) GetRecordedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RecordedAt
+	}
+	return nil
 }
 
 type AppendEventsRequest struct {
@@ -502,7 +520,9 @@ type ReadAggregateRequest struct {
 	TenantId    string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	AggregateId string                 `protobuf:"bytes,2,opt,name=aggregate_id,json=aggregateId,proto3" json:"aggregate_id,omitempty"`
 	// First version to return (default 1).
-	FromVersion   int64 `protobuf:"varint,3,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	FromVersion int64 `protobuf:"varint,3,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	// Answer each event's data as JSON bytes (data_json) instead of a Struct: cheaper.
+	DataAsJson    bool `protobuf:"varint,4,opt,name=data_as_json,json=dataAsJson,proto3" json:"data_as_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -558,9 +578,17 @@ func (x *ReadAggregateRequest) GetFromVersion() int64 {
 	return 0
 }
 
+func (x *ReadAggregateRequest) GetDataAsJson() bool {
+	if x != nil {
+		return x.DataAsJson
+	}
+	return false
+}
+
 type ReadAggregateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Event         *StoredEvent           `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A page of events, in version order.
+	Events        []*StoredEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -595,9 +623,9 @@ func (*ReadAggregateResponse) Descriptor() ([]byte, []int) {
 	return file_eventgw_v1_event_store_proto_rawDescGZIP(), []int{6}
 }
 
-func (x *ReadAggregateResponse) GetEvent() *StoredEvent {
+func (x *ReadAggregateResponse) GetEvents() []*StoredEvent {
 	if x != nil {
-		return x.Event
+		return x.Events
 	}
 	return nil
 }
@@ -608,6 +636,7 @@ type LoadAggregateRequest struct {
 	AggregateId string                 `protobuf:"bytes,2,opt,name=aggregate_id,json=aggregateId,proto3" json:"aggregate_id,omitempty"`
 	// When true, answer the snapshot and the events after it instead of the folded state.
 	Raw           bool `protobuf:"varint,3,opt,name=raw,proto3" json:"raw,omitempty"`
+	DataAsJson    bool `protobuf:"varint,4,opt,name=data_as_json,json=dataAsJson,proto3" json:"data_as_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -663,6 +692,13 @@ func (x *LoadAggregateRequest) GetRaw() bool {
 	return false
 }
 
+func (x *LoadAggregateRequest) GetDataAsJson() bool {
+	if x != nil {
+		return x.DataAsJson
+	}
+	return false
+}
+
 type LoadAggregateResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AggregateType string                 `protobuf:"bytes,1,opt,name=aggregate_type,json=aggregateType,proto3" json:"aggregate_type,omitempty"`
@@ -673,7 +709,9 @@ type LoadAggregateResponse struct {
 	// Version of the snapshot used (0: none).
 	SnapshotVersion int64 `protobuf:"varint,5,opt,name=snapshot_version,json=snapshotVersion,proto3" json:"snapshot_version,omitempty"`
 	// With raw: the events after the snapshot.
-	Events        []*StoredEvent `protobuf:"bytes,6,rep,name=events,proto3" json:"events,omitempty"`
+	Events []*StoredEvent `protobuf:"bytes,6,rep,name=events,proto3" json:"events,omitempty"`
+	// The state as JSON bytes, when the request asked for data_as_json.
+	StateJson     []byte `protobuf:"bytes,7,opt,name=state_json,json=stateJson,proto3" json:"state_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -746,6 +784,13 @@ func (x *LoadAggregateResponse) GetSnapshotVersion() int64 {
 func (x *LoadAggregateResponse) GetEvents() []*StoredEvent {
 	if x != nil {
 		return x.Events
+	}
+	return nil
+}
+
+func (x *LoadAggregateResponse) GetStateJson() []byte {
+	if x != nil {
+		return x.StateJson
 	}
 	return nil
 }
@@ -862,6 +907,59 @@ func (x *SaveSnapshotResponse) GetSnapshotId() string {
 	return ""
 }
 
+// VersionConflict is the detail of an Aborted AppendEvents: the aggregate's version now.
+type VersionConflict struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	AggregateId    string                 `protobuf:"bytes,1,opt,name=aggregate_id,json=aggregateId,proto3" json:"aggregate_id,omitempty"`
+	CurrentVersion int64                  `protobuf:"varint,2,opt,name=current_version,json=currentVersion,proto3" json:"current_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *VersionConflict) Reset() {
+	*x = VersionConflict{}
+	mi := &file_eventgw_v1_event_store_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VersionConflict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VersionConflict) ProtoMessage() {}
+
+func (x *VersionConflict) ProtoReflect() protoreflect.Message {
+	mi := &file_eventgw_v1_event_store_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VersionConflict.ProtoReflect.Descriptor instead.
+func (*VersionConflict) Descriptor() ([]byte, []int) {
+	return file_eventgw_v1_event_store_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *VersionConflict) GetAggregateId() string {
+	if x != nil {
+		return x.AggregateId
+	}
+	return ""
+}
+
+func (x *VersionConflict) GetCurrentVersion() int64 {
+	if x != nil {
+		return x.CurrentVersion
+	}
+	return 0
+}
+
 type ReplayEventsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TenantId      string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
@@ -873,15 +971,16 @@ type ReplayEventsRequest struct {
 	AfterPosition int64 `protobuf:"varint,6,opt,name=after_position,json=afterPosition,proto3" json:"after_position,omitempty"`
 	// Stop after this many events (0: all).
 	Limit int64 `protobuf:"varint,7,opt,name=limit,proto3" json:"limit,omitempty"`
-	// When set, events are also republished to this Kafka topic.
+	// When set, events are also republished to this Kafka topic (to rebuild projections).
 	TargetTopic   string `protobuf:"bytes,8,opt,name=target_topic,json=targetTopic,proto3" json:"target_topic,omitempty"`
+	DataAsJson    bool   `protobuf:"varint,9,opt,name=data_as_json,json=dataAsJson,proto3" json:"data_as_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplayEventsRequest) Reset() {
 	*x = ReplayEventsRequest{}
-	mi := &file_eventgw_v1_event_store_proto_msgTypes[11]
+	mi := &file_eventgw_v1_event_store_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +992,7 @@ func (x *ReplayEventsRequest) String() string {
 func (*ReplayEventsRequest) ProtoMessage() {}
 
 func (x *ReplayEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_store_proto_msgTypes[11]
+	mi := &file_eventgw_v1_event_store_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1005,7 @@ func (x *ReplayEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayEventsRequest.ProtoReflect.Descriptor instead.
 func (*ReplayEventsRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_store_proto_rawDescGZIP(), []int{11}
+	return file_eventgw_v1_event_store_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReplayEventsRequest) GetTenantId() string {
@@ -965,16 +1064,24 @@ func (x *ReplayEventsRequest) GetTargetTopic() string {
 	return ""
 }
 
+func (x *ReplayEventsRequest) GetDataAsJson() bool {
+	if x != nil {
+		return x.DataAsJson
+	}
+	return false
+}
+
 type ReplayEventsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Event         *StoredEvent           `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A page of events, in global order.
+	Events        []*StoredEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplayEventsResponse) Reset() {
 	*x = ReplayEventsResponse{}
-	mi := &file_eventgw_v1_event_store_proto_msgTypes[12]
+	mi := &file_eventgw_v1_event_store_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1093,7 @@ func (x *ReplayEventsResponse) String() string {
 func (*ReplayEventsResponse) ProtoMessage() {}
 
 func (x *ReplayEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_store_proto_msgTypes[12]
+	mi := &file_eventgw_v1_event_store_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,12 +1106,12 @@ func (x *ReplayEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayEventsResponse.ProtoReflect.Descriptor instead.
 func (*ReplayEventsResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_store_proto_rawDescGZIP(), []int{12}
+	return file_eventgw_v1_event_store_proto_rawDescGZIP(), []int{13}
 }
 
-func (x *ReplayEventsResponse) GetEvent() *StoredEvent {
+func (x *ReplayEventsResponse) GetEvents() []*StoredEvent {
 	if x != nil {
-		return x.Event
+		return x.Events
 	}
 	return nil
 }
@@ -1032,7 +1139,7 @@ const file_eventgw_v1_event_store_proto_rawDesc = "" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x06\n" +
-	"\x04body\"\xce\x03\n" +
+	"\x04body\"\xa8\x04\n" +
 	"\vStoredEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12%\n" +
@@ -1046,7 +1153,10 @@ const file_eventgw_v1_event_store_proto_rawDesc = "" +
 	"\voccurred_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"occurredAt\x12\x1a\n" +
 	"\bposition\x18\n" +
-	" \x01(\x03R\bposition\x1a;\n" +
+	" \x01(\x03R\bposition\x12\x1b\n" +
+	"\tdata_json\x18\v \x01(\fR\bdataJson\x12;\n" +
+	"\vrecorded_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"recordedAt\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x01\n" +
@@ -1059,24 +1169,30 @@ const file_eventgw_v1_event_store_proto_rawDesc = "" +
 	"\x14AppendEventsResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x03R\aversion\x12\x1c\n" +
 	"\tpositions\x18\x02 \x03(\x03R\tpositions\x12\x1b\n" +
-	"\tevent_ids\x18\x03 \x03(\tR\beventIds\"y\n" +
+	"\tevent_ids\x18\x03 \x03(\tR\beventIds\"\x9b\x01\n" +
 	"\x14ReadAggregateRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12!\n" +
 	"\faggregate_id\x18\x02 \x01(\tR\vaggregateId\x12!\n" +
-	"\ffrom_version\x18\x03 \x01(\x03R\vfromVersion\"F\n" +
-	"\x15ReadAggregateResponse\x12-\n" +
-	"\x05event\x18\x01 \x01(\v2\x17.eventgw.v1.StoredEventR\x05event\"h\n" +
+	"\ffrom_version\x18\x03 \x01(\x03R\vfromVersion\x12 \n" +
+	"\fdata_as_json\x18\x04 \x01(\bR\n" +
+	"dataAsJson\"H\n" +
+	"\x15ReadAggregateResponse\x12/\n" +
+	"\x06events\x18\x01 \x03(\v2\x17.eventgw.v1.StoredEventR\x06events\"\x8a\x01\n" +
 	"\x14LoadAggregateRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12!\n" +
 	"\faggregate_id\x18\x02 \x01(\tR\vaggregateId\x12\x10\n" +
-	"\x03raw\x18\x03 \x01(\bR\x03raw\"\x88\x02\n" +
+	"\x03raw\x18\x03 \x01(\bR\x03raw\x12 \n" +
+	"\fdata_as_json\x18\x04 \x01(\bR\n" +
+	"dataAsJson\"\xa7\x02\n" +
 	"\x15LoadAggregateResponse\x12%\n" +
 	"\x0eaggregate_type\x18\x01 \x01(\tR\raggregateType\x12-\n" +
 	"\x05state\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x05state\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x03R\aversion\x12#\n" +
 	"\revents_folded\x18\x04 \x01(\x03R\feventsFolded\x12)\n" +
 	"\x10snapshot_version\x18\x05 \x01(\x03R\x0fsnapshotVersion\x12/\n" +
-	"\x06events\x18\x06 \x03(\v2\x17.eventgw.v1.StoredEventR\x06events\"\x9e\x01\n" +
+	"\x06events\x18\x06 \x03(\v2\x17.eventgw.v1.StoredEventR\x06events\x12\x1d\n" +
+	"\n" +
+	"state_json\x18\a \x01(\fR\tstateJson\"\x9e\x01\n" +
 	"\x13SaveSnapshotRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12!\n" +
 	"\faggregate_id\x18\x02 \x01(\tR\vaggregateId\x12\x18\n" +
@@ -1084,7 +1200,10 @@ const file_eventgw_v1_event_store_proto_rawDesc = "" +
 	"\x05state\x18\x04 \x01(\v2\x17.google.protobuf.StructR\x05state\"7\n" +
 	"\x14SaveSnapshotResponse\x12\x1f\n" +
 	"\vsnapshot_id\x18\x01 \x01(\tR\n" +
-	"snapshotId\"\xc8\x02\n" +
+	"snapshotId\"]\n" +
+	"\x0fVersionConflict\x12!\n" +
+	"\faggregate_id\x18\x01 \x01(\tR\vaggregateId\x12'\n" +
+	"\x0fcurrent_version\x18\x02 \x01(\x03R\x0ecurrentVersion\"\xea\x02\n" +
 	"\x13ReplayEventsRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x127\n" +
 	"\tfrom_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfromTime\x123\n" +
@@ -1094,9 +1213,11 @@ const file_eventgw_v1_event_store_proto_rawDesc = "" +
 	"\x0eaggregate_type\x18\x05 \x01(\tR\raggregateType\x12%\n" +
 	"\x0eafter_position\x18\x06 \x01(\x03R\rafterPosition\x12\x14\n" +
 	"\x05limit\x18\a \x01(\x03R\x05limit\x12!\n" +
-	"\ftarget_topic\x18\b \x01(\tR\vtargetTopic\"E\n" +
-	"\x14ReplayEventsResponse\x12-\n" +
-	"\x05event\x18\x01 \x01(\v2\x17.eventgw.v1.StoredEventR\x05event2\xbc\x03\n" +
+	"\ftarget_topic\x18\b \x01(\tR\vtargetTopic\x12 \n" +
+	"\fdata_as_json\x18\t \x01(\bR\n" +
+	"dataAsJson\"G\n" +
+	"\x14ReplayEventsResponse\x12/\n" +
+	"\x06events\x18\x01 \x03(\v2\x17.eventgw.v1.StoredEventR\x06events2\xbc\x03\n" +
 	"\x11EventStoreService\x12Q\n" +
 	"\fAppendEvents\x12\x1f.eventgw.v1.AppendEventsRequest\x1a .eventgw.v1.AppendEventsResponse\x12V\n" +
 	"\rReadAggregate\x12 .eventgw.v1.ReadAggregateRequest\x1a!.eventgw.v1.ReadAggregateResponse0\x01\x12T\n" +
@@ -1116,7 +1237,7 @@ func file_eventgw_v1_event_store_proto_rawDescGZIP() []byte {
 	return file_eventgw_v1_event_store_proto_rawDescData
 }
 
-var file_eventgw_v1_event_store_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_eventgw_v1_event_store_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_eventgw_v1_event_store_proto_goTypes = []any{
 	(*ExpectedVersion)(nil),       // 0: eventgw.v1.ExpectedVersion
 	(*NewEvent)(nil),              // 1: eventgw.v1.NewEvent
@@ -1129,47 +1250,49 @@ var file_eventgw_v1_event_store_proto_goTypes = []any{
 	(*LoadAggregateResponse)(nil), // 8: eventgw.v1.LoadAggregateResponse
 	(*SaveSnapshotRequest)(nil),   // 9: eventgw.v1.SaveSnapshotRequest
 	(*SaveSnapshotResponse)(nil),  // 10: eventgw.v1.SaveSnapshotResponse
-	(*ReplayEventsRequest)(nil),   // 11: eventgw.v1.ReplayEventsRequest
-	(*ReplayEventsResponse)(nil),  // 12: eventgw.v1.ReplayEventsResponse
-	nil,                           // 13: eventgw.v1.NewEvent.MetadataEntry
-	nil,                           // 14: eventgw.v1.StoredEvent.MetadataEntry
-	(*emptypb.Empty)(nil),         // 15: google.protobuf.Empty
-	(*structpb.Struct)(nil),       // 16: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*VersionConflict)(nil),       // 11: eventgw.v1.VersionConflict
+	(*ReplayEventsRequest)(nil),   // 12: eventgw.v1.ReplayEventsRequest
+	(*ReplayEventsResponse)(nil),  // 13: eventgw.v1.ReplayEventsResponse
+	nil,                           // 14: eventgw.v1.NewEvent.MetadataEntry
+	nil,                           // 15: eventgw.v1.StoredEvent.MetadataEntry
+	(*emptypb.Empty)(nil),         // 16: google.protobuf.Empty
+	(*structpb.Struct)(nil),       // 17: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_eventgw_v1_event_store_proto_depIdxs = []int32{
-	15, // 0: eventgw.v1.ExpectedVersion.any:type_name -> google.protobuf.Empty
-	15, // 1: eventgw.v1.ExpectedVersion.no_stream:type_name -> google.protobuf.Empty
-	16, // 2: eventgw.v1.NewEvent.data:type_name -> google.protobuf.Struct
-	13, // 3: eventgw.v1.NewEvent.metadata:type_name -> eventgw.v1.NewEvent.MetadataEntry
-	17, // 4: eventgw.v1.NewEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	16, // 5: eventgw.v1.StoredEvent.data:type_name -> google.protobuf.Struct
-	14, // 6: eventgw.v1.StoredEvent.metadata:type_name -> eventgw.v1.StoredEvent.MetadataEntry
-	17, // 7: eventgw.v1.StoredEvent.occurred_at:type_name -> google.protobuf.Timestamp
-	0,  // 8: eventgw.v1.AppendEventsRequest.expected_version:type_name -> eventgw.v1.ExpectedVersion
-	1,  // 9: eventgw.v1.AppendEventsRequest.events:type_name -> eventgw.v1.NewEvent
-	2,  // 10: eventgw.v1.ReadAggregateResponse.event:type_name -> eventgw.v1.StoredEvent
-	16, // 11: eventgw.v1.LoadAggregateResponse.state:type_name -> google.protobuf.Struct
-	2,  // 12: eventgw.v1.LoadAggregateResponse.events:type_name -> eventgw.v1.StoredEvent
-	16, // 13: eventgw.v1.SaveSnapshotRequest.state:type_name -> google.protobuf.Struct
-	17, // 14: eventgw.v1.ReplayEventsRequest.from_time:type_name -> google.protobuf.Timestamp
-	17, // 15: eventgw.v1.ReplayEventsRequest.to_time:type_name -> google.protobuf.Timestamp
-	2,  // 16: eventgw.v1.ReplayEventsResponse.event:type_name -> eventgw.v1.StoredEvent
-	3,  // 17: eventgw.v1.EventStoreService.AppendEvents:input_type -> eventgw.v1.AppendEventsRequest
-	5,  // 18: eventgw.v1.EventStoreService.ReadAggregate:input_type -> eventgw.v1.ReadAggregateRequest
-	7,  // 19: eventgw.v1.EventStoreService.LoadAggregate:input_type -> eventgw.v1.LoadAggregateRequest
-	9,  // 20: eventgw.v1.EventStoreService.SaveSnapshot:input_type -> eventgw.v1.SaveSnapshotRequest
-	11, // 21: eventgw.v1.EventStoreService.ReplayEvents:input_type -> eventgw.v1.ReplayEventsRequest
-	4,  // 22: eventgw.v1.EventStoreService.AppendEvents:output_type -> eventgw.v1.AppendEventsResponse
-	6,  // 23: eventgw.v1.EventStoreService.ReadAggregate:output_type -> eventgw.v1.ReadAggregateResponse
-	8,  // 24: eventgw.v1.EventStoreService.LoadAggregate:output_type -> eventgw.v1.LoadAggregateResponse
-	10, // 25: eventgw.v1.EventStoreService.SaveSnapshot:output_type -> eventgw.v1.SaveSnapshotResponse
-	12, // 26: eventgw.v1.EventStoreService.ReplayEvents:output_type -> eventgw.v1.ReplayEventsResponse
-	22, // [22:27] is the sub-list for method output_type
-	17, // [17:22] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	16, // 0: eventgw.v1.ExpectedVersion.any:type_name -> google.protobuf.Empty
+	16, // 1: eventgw.v1.ExpectedVersion.no_stream:type_name -> google.protobuf.Empty
+	17, // 2: eventgw.v1.NewEvent.data:type_name -> google.protobuf.Struct
+	14, // 3: eventgw.v1.NewEvent.metadata:type_name -> eventgw.v1.NewEvent.MetadataEntry
+	18, // 4: eventgw.v1.NewEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	17, // 5: eventgw.v1.StoredEvent.data:type_name -> google.protobuf.Struct
+	15, // 6: eventgw.v1.StoredEvent.metadata:type_name -> eventgw.v1.StoredEvent.MetadataEntry
+	18, // 7: eventgw.v1.StoredEvent.occurred_at:type_name -> google.protobuf.Timestamp
+	18, // 8: eventgw.v1.StoredEvent.recorded_at:type_name -> google.protobuf.Timestamp
+	0,  // 9: eventgw.v1.AppendEventsRequest.expected_version:type_name -> eventgw.v1.ExpectedVersion
+	1,  // 10: eventgw.v1.AppendEventsRequest.events:type_name -> eventgw.v1.NewEvent
+	2,  // 11: eventgw.v1.ReadAggregateResponse.events:type_name -> eventgw.v1.StoredEvent
+	17, // 12: eventgw.v1.LoadAggregateResponse.state:type_name -> google.protobuf.Struct
+	2,  // 13: eventgw.v1.LoadAggregateResponse.events:type_name -> eventgw.v1.StoredEvent
+	17, // 14: eventgw.v1.SaveSnapshotRequest.state:type_name -> google.protobuf.Struct
+	18, // 15: eventgw.v1.ReplayEventsRequest.from_time:type_name -> google.protobuf.Timestamp
+	18, // 16: eventgw.v1.ReplayEventsRequest.to_time:type_name -> google.protobuf.Timestamp
+	2,  // 17: eventgw.v1.ReplayEventsResponse.events:type_name -> eventgw.v1.StoredEvent
+	3,  // 18: eventgw.v1.EventStoreService.AppendEvents:input_type -> eventgw.v1.AppendEventsRequest
+	5,  // 19: eventgw.v1.EventStoreService.ReadAggregate:input_type -> eventgw.v1.ReadAggregateRequest
+	7,  // 20: eventgw.v1.EventStoreService.LoadAggregate:input_type -> eventgw.v1.LoadAggregateRequest
+	9,  // 21: eventgw.v1.EventStoreService.SaveSnapshot:input_type -> eventgw.v1.SaveSnapshotRequest
+	12, // 22: eventgw.v1.EventStoreService.ReplayEvents:input_type -> eventgw.v1.ReplayEventsRequest
+	4,  // 23: eventgw.v1.EventStoreService.AppendEvents:output_type -> eventgw.v1.AppendEventsResponse
+	6,  // 24: eventgw.v1.EventStoreService.ReadAggregate:output_type -> eventgw.v1.ReadAggregateResponse
+	8,  // 25: eventgw.v1.EventStoreService.LoadAggregate:output_type -> eventgw.v1.LoadAggregateResponse
+	10, // 26: eventgw.v1.EventStoreService.SaveSnapshot:output_type -> eventgw.v1.SaveSnapshotResponse
+	13, // 27: eventgw.v1.EventStoreService.ReplayEvents:output_type -> eventgw.v1.ReplayEventsResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_eventgw_v1_event_store_proto_init() }
@@ -1192,7 +1315,7 @@ func file_eventgw_v1_event_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eventgw_v1_event_store_proto_rawDesc), len(file_eventgw_v1_event_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

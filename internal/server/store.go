@@ -1,0 +1,419 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/event"
+	"github.com/eventgw/eventgw/internal/kafka"
+	"github.com/eventgw/eventgw/internal/publish"
+	"github.com/eventgw/eventgw/internal/store"
+	"github.com/eventgw/eventgw/internal/validate"
+)
+
+// maxAppend is the most events one append may hold: positions leave room for 1024.
+const maxAppend = 1000
+
+// Kicker wakes the outbox relay for a shard after an append commits.
+type Kicker interface{ Kick(shard int16) }
+
+// EventStoreService implements eventgw.v1.EventStoreService.
+type EventStoreService struct {
+	eventgwv1.UnimplementedEventStoreServiceServer
+	events     *store.Events
+	snapshots  *store.Snapshotter
+	pub        *publish.Publisher
+	relay      Kicker
+	shards     int
+	maxEvents  int
+	maxBytes   int
+	replayPage int
+	// toEvent maps a stored event to the event published for it (the outbox's mapping).
+	toEvent func(*store.StoredEvent) event.Event
+}
+
+// NewEventStoreService builds the handlers.
+func NewEventStoreService(events *store.Events, snaps *store.Snapshotter, pub *publish.Publisher, relay Kicker,
+	toEvent func(*store.StoredEvent) event.Event, shards, maxBatch, maxEventBytes int,
+) *EventStoreService {
+	if maxBatch > maxAppend {
+		maxBatch = maxAppend
+	}
+	return &EventStoreService{events: events, snapshots: snaps, pub: pub, relay: relay, shards: shards,
+		maxEvents: maxBatch, maxBytes: maxEventBytes, replayPage: 1000, toEvent: toEvent}
+}
+
+func validMetaKey(k string) bool {
+	if k == "" || len(k) > 40 || k[0] < 'a' || k[0] > 'z' {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// AppendEvents implements EventStoreService.AppendEvents.
+func (s *EventStoreService) AppendEvents(ctx context.Context, req *eventgwv1.AppendEventsRequest) (*eventgwv1.AppendEventsResponse, error) {
+	ar, err := s.toAppend(req)
+	if err != nil {
+		return nil, rewriteError(err)
+	}
+	res, err := s.events.Append(ctx, ar)
+	if err != nil {
+		return nil, rewriteError(err)
+	}
+	if !res.Duplicate {
+		s.relay.Kick(store.Shard(ar.AggregateID, s.shards))
+		s.snapshots.Appended(ar.TenantID, ar.AggregateID, res.PrevVersion, res.Version)
+	}
+	ids := make([]string, len(ar.Events))
+	for i := range ar.Events {
+		ids[i] = ar.Events[i].ID
+	}
+	return &eventgwv1.AppendEventsResponse{Version: res.Version, Positions: res.Positions, EventIds: ids}, nil
+}
+
+func (s *EventStoreService) toAppend(req *eventgwv1.AppendEventsRequest) (store.AppendRequest, error) {
+	ar := store.AppendRequest{TenantID: req.GetTenantId(), AggregateType: req.GetAggregateType(), AggregateID: req.GetAggregateId()}
+	if err := validate.UUID("tenant_id", ar.TenantID); err != nil {
+		return ar, err
+	}
+	if err := validate.Name("aggregate_type", ar.AggregateType, 100, true); err != nil {
+		return ar, err
+	}
+	if err := validate.UUID("aggregate_id", ar.AggregateID); err != nil {
+		return ar, err
+	}
+	switch k := req.GetExpectedVersion().GetKind().(type) {
+	case *eventgwv1.ExpectedVersion_Exact:
+		if k.Exact < 0 || k.Exact > 1<<31-1 {
+			return ar, validate.Errorf("expected_version.exact", "must be 0 (a new aggregate) or a version")
+		}
+		ar.Expected = k.Exact
+	case *eventgwv1.ExpectedVersion_Any:
+		ar.Expected = store.ExpectAny
+	case *eventgwv1.ExpectedVersion_NoStream:
+		ar.Expected = store.ExpectNoStream
+	default:
+		return ar, validate.Errorf("expected_version", "is required: {\"exact\": N}, {\"any\": {}} or {\"no_stream\": {}}")
+	}
+	evs := req.GetEvents()
+	if len(evs) == 0 {
+		return ar, validate.Errorf("events", "is empty: append at least one event")
+	}
+	if len(evs) > s.maxEvents {
+		return ar, validate.Errorf("events", "has %d events, over the limit of %d", len(evs), s.maxEvents)
+	}
+	now := time.Now().UTC()
+	seen := make(map[string]int, len(evs))
+	ar.Events = make([]store.NewEvent, len(evs))
+	for i, e := range evs {
+		ne, err := s.toNewEvent(e, ar, now)
+		if err != nil {
+			return ar, validate.Prefix(eventsField(i), err)
+		}
+		if j, dup := seen[ne.ID]; dup {
+			return ar, validate.Errorf(eventsField(i)+".event_id", "repeats the id of events[%d]", j)
+		}
+		seen[ne.ID] = i
+		ar.Events[i] = ne
+	}
+	return ar, nil
+}
+
+func eventsField(i int) string { return "events[" + strconv.Itoa(i) + "]" }
+
+func (s *EventStoreService) toNewEvent(e *eventgwv1.NewEvent, ar store.AppendRequest, now time.Time) (store.NewEvent, error) {
+	if e == nil {
+		return store.NewEvent{}, validate.Errorf("", "is null")
+	}
+	ne := store.NewEvent{ID: e.GetEventId(), Type: e.GetEventType(), OccurredAt: now}
+	if ne.ID == "" {
+		ne.ID = uuid.Must(uuid.NewV7()).String()
+	} else if err := validate.UUID("event_id", ne.ID); err != nil {
+		return ne, err
+	}
+	if err := validate.EventType("event_type", ne.Type); err != nil {
+		return ne, err
+	}
+	switch d := e.GetBody().(type) {
+	case *eventgwv1.NewEvent_Data:
+		b, err := event.AppendStructJSON(make([]byte, 0, 256), d.Data)
+		if err != nil {
+			return ne, validate.Errorf("data", "holds a NaN or infinite number, which JSON cannot represent")
+		}
+		ne.Data = b
+	case *eventgwv1.NewEvent_DataJson:
+		if !event.IsJSONObject(d.DataJson) {
+			return ne, validate.Errorf("data_json", "must be a JSON object")
+		}
+		ne.Data = d.DataJson
+	default:
+		return ne, validate.Errorf("data", "is required (data as a JSON object, or data_json as bytes)")
+	}
+	if len(ne.Data) > s.maxBytes {
+		return ne, validate.Errorf("data", "is %d bytes, over the %d-byte limit (--max-event-bytes)", len(ne.Data), s.maxBytes)
+	}
+	if md := e.GetMetadata(); len(md) > 0 {
+		if len(md) > 32 {
+			return ne, validate.Errorf("metadata", "has %d entries, over the limit of 32", len(md))
+		}
+		for k, v := range md {
+			if !validMetaKey(k) {
+				return ne, validate.Errorf("metadata", "keys must be 1-40 lowercase letters, digits or _ starting with a letter")
+			}
+			if err := validate.Text("metadata."+k, v, 1024); err != nil {
+				return ne, err
+			}
+		}
+		b, _ := json.Marshal(md)
+		ne.Metadata = b
+	}
+	if t := e.GetOccurredAt(); t != nil {
+		if err := t.CheckValid(); err != nil {
+			return ne, validate.Errorf("occurred_at", "is not a valid timestamp")
+		}
+		ne.OccurredAt = t.AsTime()
+	}
+	// The event will be published through the outbox: it must pass every publish check
+	// (domain, schema) now, or it would block its outbox shard later.
+	se := store.StoredEvent{EventID: ne.ID, TenantID: ar.TenantID, AggregateType: ar.AggregateType, AggregateID: ar.AggregateID,
+		Type: ne.Type, Data: ne.Data, Metadata: ne.Metadata, OccurredAt: ne.OccurredAt, Version: 1}
+	pe := s.toEvent(&se)
+	if err := s.pub.Check(&pe); err != nil {
+		return ne, err
+	}
+	return ne, nil
+}
+
+func toStored(e *store.StoredEvent, asJSON bool, out *eventgwv1.StoredEvent) error {
+	*out = eventgwv1.StoredEvent{
+		EventId: e.EventID, TenantId: e.TenantID, AggregateType: e.AggregateType, AggregateId: e.AggregateID,
+		Version: e.Version, EventType: e.Type, OccurredAt: timestamppb.New(e.OccurredAt), Position: e.Position,
+		RecordedAt: timestamppb.New(e.RecordedAt),
+	}
+	if len(e.Metadata) > 2 {
+		var md map[string]string
+		if err := json.Unmarshal(e.Metadata, &md); err == nil {
+			out.Metadata = md
+		}
+	}
+	if asJSON {
+		out.DataJson = e.Data
+		return nil
+	}
+	st := &structpb.Struct{}
+	if err := st.UnmarshalJSON(e.Data); err != nil {
+		return err
+	}
+	out.Data = st
+	return nil
+}
+
+func toStoredPage(evs []store.StoredEvent, asJSON bool) ([]*eventgwv1.StoredEvent, error) {
+	backing := make([]eventgwv1.StoredEvent, len(evs))
+	out := make([]*eventgwv1.StoredEvent, len(evs))
+	for i := range evs {
+		if err := toStored(&evs[i], asJSON, &backing[i]); err != nil {
+			return nil, err
+		}
+		out[i] = &backing[i]
+	}
+	return out, nil
+}
+
+func checkTenantAggregate(tenant, aggregate string) error {
+	if err := validate.UUID("tenant_id", tenant); err != nil {
+		return err
+	}
+	return validate.UUID("aggregate_id", aggregate)
+}
+
+// ReadAggregate implements EventStoreService.ReadAggregate.
+func (s *EventStoreService) ReadAggregate(req *eventgwv1.ReadAggregateRequest, stream eventgwv1.EventStoreService_ReadAggregateServer) error {
+	if err := checkTenantAggregate(req.GetTenantId(), req.GetAggregateId()); err != nil {
+		return rewriteError(err)
+	}
+	if req.GetFromVersion() < 0 {
+		return rewriteError(validate.Errorf("from_version", "must not be negative"))
+	}
+	err := s.events.ReadAggregate(stream.Context(), req.GetTenantId(), req.GetAggregateId(), req.GetFromVersion(), 500,
+		func(page []store.StoredEvent) error {
+			evs, err := toStoredPage(page, req.GetDataAsJson())
+			if err != nil {
+				return err
+			}
+			return stream.Send(&eventgwv1.ReadAggregateResponse{Events: evs})
+		})
+	return rewriteError(err)
+}
+
+// LoadAggregate implements EventStoreService.LoadAggregate.
+func (s *EventStoreService) LoadAggregate(ctx context.Context, req *eventgwv1.LoadAggregateRequest) (*eventgwv1.LoadAggregateResponse, error) {
+	if err := checkTenantAggregate(req.GetTenantId(), req.GetAggregateId()); err != nil {
+		return nil, rewriteError(err)
+	}
+	l, err := s.events.Load(ctx, req.GetTenantId(), req.GetAggregateId())
+	if err != nil {
+		return nil, rewriteError(err)
+	}
+	resp := &eventgwv1.LoadAggregateResponse{AggregateType: l.AggregateType, Version: l.Version, EventsFolded: int64(len(l.Tail))}
+	if l.Snapshot != nil {
+		resp.SnapshotVersion = l.Snapshot.Version
+	}
+	if int64(len(l.Tail)) >= s.snapshots.Every() && s.snapshots.Every() > 0 {
+		s.snapshots.Enqueue(req.GetTenantId(), req.GetAggregateId())
+	}
+	if req.GetRaw() {
+		resp.EventsFolded = 0
+		if l.Snapshot != nil {
+			if err := setState(resp, l.Snapshot.State, req.GetDataAsJson()); err != nil {
+				return nil, rewriteError(err)
+			}
+		}
+		if resp.Events, err = toStoredPage(l.Tail, req.GetDataAsJson()); err != nil {
+			return nil, rewriteError(err)
+		}
+		return resp, nil
+	}
+	state, err := store.Fold(l)
+	if err != nil {
+		return nil, rewriteError(err)
+	}
+	if req.GetDataAsJson() {
+		resp.StateJson, err = json.Marshal(state)
+	} else {
+		resp.State, err = structpb.NewStruct(state)
+	}
+	if err != nil {
+		return nil, rewriteError(err)
+	}
+	return resp, nil
+}
+
+func setState(resp *eventgwv1.LoadAggregateResponse, state []byte, asJSON bool) error {
+	if asJSON {
+		resp.StateJson = state
+		return nil
+	}
+	st := &structpb.Struct{}
+	if err := st.UnmarshalJSON(state); err != nil {
+		return err
+	}
+	resp.State = st
+	return nil
+}
+
+// SaveSnapshot implements EventStoreService.SaveSnapshot.
+func (s *EventStoreService) SaveSnapshot(ctx context.Context, req *eventgwv1.SaveSnapshotRequest) (*eventgwv1.SaveSnapshotResponse, error) {
+	if err := checkTenantAggregate(req.GetTenantId(), req.GetAggregateId()); err != nil {
+		return nil, rewriteError(err)
+	}
+	if req.GetVersion() < 1 {
+		return nil, rewriteError(validate.Errorf("version", "must be a version of the aggregate (1 or more)"))
+	}
+	if req.GetState() == nil {
+		return nil, rewriteError(validate.Errorf("state", "is required"))
+	}
+	b, err := event.AppendStructJSON(nil, req.GetState())
+	if err != nil {
+		return nil, rewriteError(validate.Errorf("state", "holds a NaN or infinite number"))
+	}
+	if len(b) > s.maxBytes*16 {
+		return nil, rewriteError(validate.Errorf("state", "is %d bytes, over the %d-byte limit", len(b), s.maxBytes*16))
+	}
+	id, err := s.events.SaveSnapshot(ctx, req.GetTenantId(), req.GetAggregateId(), req.GetVersion(), b)
+	if err != nil {
+		return nil, rewriteError(err)
+	}
+	return &eventgwv1.SaveSnapshotResponse{SnapshotId: id}, nil
+}
+
+// ReplayEvents implements EventStoreService.ReplayEvents.
+func (s *EventStoreService) ReplayEvents(req *eventgwv1.ReplayEventsRequest, stream eventgwv1.EventStoreService_ReplayEventsServer) error {
+	f := store.ReplayFilter{TenantID: req.GetTenantId(), AggregateType: req.GetAggregateType(),
+		AfterPosition: req.GetAfterPosition(), Limit: req.GetLimit(), EventTypes: req.GetEventTypes()}
+	if err := validate.UUID("tenant_id", f.TenantID); err != nil {
+		return rewriteError(err)
+	}
+	if err := validate.Name("aggregate_type", f.AggregateType, 100, false); err != nil {
+		return rewriteError(err)
+	}
+	if len(f.EventTypes) > 100 {
+		return rewriteError(validate.Errorf("event_types", "has more than 100 types"))
+	}
+	for i, t := range f.EventTypes {
+		if err := validate.EventType("event_types["+strconv.Itoa(i)+"]", t); err != nil {
+			return rewriteError(err)
+		}
+	}
+	if f.AfterPosition < 0 || f.Limit < 0 {
+		return rewriteError(validate.Errorf("after_position", "and limit must not be negative"))
+	}
+	if t := req.GetFromTime(); t != nil {
+		f.From = t.AsTime()
+	}
+	if t := req.GetToTime(); t != nil {
+		f.To = t.AsTime()
+	}
+	if !f.From.IsZero() && !f.To.IsZero() && !f.From.Before(f.To) {
+		return rewriteError(validate.Errorf("to_time", "must be after from_time"))
+	}
+	target := req.GetTargetTopic()
+	if target != "" && !kafka.IsTopicName(target) {
+		return rewriteError(validate.Errorf("target_topic", "is not a valid Kafka topic name"))
+	}
+	ctx := stream.Context()
+	err := s.events.Replay(ctx, f, s.replayPage, func(page []store.StoredEvent) error {
+		if target != "" {
+			if err := s.republish(ctx, page, target); err != nil {
+				return err
+			}
+		}
+		evs, err := toStoredPage(page, req.GetDataAsJson())
+		if err != nil {
+			return err
+		}
+		return stream.Send(&eventgwv1.ReplayEventsResponse{Events: evs})
+	})
+	return rewriteError(err)
+}
+
+// republish sends a replayed page to target (for rebuilding projections) and waits
+// for Kafka's acknowledgement before the page is streamed on.
+func (s *EventStoreService) republish(ctx context.Context, page []store.StoredEvent, target string) error {
+	now := time.Now()
+	evs := make([]event.Event, len(page))
+	msgs := make([]*sarama.ProducerMessage, len(page))
+	for i := range page {
+		evs[i] = s.toEvent(&page[i])
+		m, err := s.pub.Encode(&evs[i], now)
+		if err != nil {
+			return err
+		}
+		m.Topic = target
+		msgs[i] = m
+	}
+	pending, err := s.pub.Send(ctx, evs, msgs, now)
+	if err != nil {
+		return err
+	}
+	for _, o := range pending.Wait(ctx) {
+		if o.Err != nil {
+			return o.Err
+		}
+	}
+	return nil
+}
