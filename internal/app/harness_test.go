@@ -56,6 +56,8 @@ type sidecar struct {
 	done     chan error
 	dbURL    string
 	registry string
+	deps     deps
+	store    eventgwv1.EventStoreServiceClient
 }
 
 func defaultConfig(t *testing.T) config.Config {
@@ -76,17 +78,33 @@ func defaultConfig(t *testing.T) config.Config {
 // srfake registry; mutate adjusts the config first.
 func startSidecar(t *testing.T, mutate func(*config.Config)) *sidecar {
 	t.Helper()
-	k := testenv.NewKafka(t)
-	reg := testenv.NewRegistry(t)
+	return startOn(t, newDeps(t), mutate)
+}
+
+// deps are the services a sidecar uses; several sidecars may share them.
+type deps struct {
+	kafka    *testenv.Kafka
+	registry string
+	dbURL    string
+}
+
+func newDeps(t *testing.T) deps {
+	return deps{kafka: testenv.NewKafka(t), registry: testenv.NewRegistry(t).URL(), dbURL: testenv.NewDatabase(t)}
+}
+
+// startOn runs a sidecar on d.
+func startOn(t *testing.T, d deps, mutate func(*config.Config)) *sidecar {
+	t.Helper()
 	cfg := defaultConfig(t)
-	cfg.KafkaBrokers = joinComma(k.Brokers)
-	cfg.SchemaRegistryURL = reg.URL()
-	cfg.DatabaseURL = testenv.NewDatabase(t)
+	cfg.KafkaBrokers = joinComma(d.kafka.Brokers)
+	cfg.SchemaRegistryURL = d.registry
+	cfg.DatabaseURL = d.dbURL
 	if mutate != nil {
 		mutate(&cfg)
 	}
 	s := runSidecar(t, cfg)
-	s.kafka = k
+	s.kafka = d.kafka
+	s.deps = d
 	return s
 }
 
@@ -113,6 +131,7 @@ func runSidecar(t *testing.T, cfg config.Config) *sidecar {
 		t.Fatal(err)
 	}
 	s := &sidecar{t: t, app: a, conn: conn, events: eventgwv1.NewEventServiceClient(conn), logs: logs,
+		store: eventgwv1.NewEventStoreServiceClient(conn),
 		stop: stop, done: done, dbURL: cfg.DatabaseURL, registry: cfg.SchemaRegistryURL}
 	t.Cleanup(func() {
 		_ = conn.Close()
@@ -121,15 +140,18 @@ func runSidecar(t *testing.T, cfg config.Config) *sidecar {
 	return s
 }
 
-// shutdown stops the sidecar as SIGTERM would and waits for it.
+// shutdown stops the sidecar as SIGTERM would and waits for it; calling it again is
+// a no-op.
 func (s *sidecar) shutdown() {
 	s.stop()
 	select {
 	case err, ok := <-s.done:
-		if ok && err != nil {
-			s.t.Errorf("sidecar stopped with error: %v", err)
+		if ok {
+			if err != nil {
+				s.t.Errorf("sidecar stopped with error: %v", err)
+			}
+			close(s.done)
 		}
-		close(s.done)
 	case <-time.After(30 * time.Second):
 		s.t.Error("sidecar did not stop within 30s")
 	}

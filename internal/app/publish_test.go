@@ -554,8 +554,6 @@ func TestGracefulShutdownLosesNoAckedEvent(t *testing.T) {
 		t.Fatalf("%d acked events, %d of them missing from Kafka", len(acked), missing)
 	}
 	t.Logf("%d acked before shutdown, all in Kafka", len(acked))
-	s.done = make(chan error, 1) // already stopped: the cleanup must not wait again
-	s.done <- nil
 }
 
 func TestNoPayloadInLogs(t *testing.T) {
@@ -589,8 +587,6 @@ func TestNoPayloadInLogs(t *testing.T) {
 	s.kafka.Cluster.Close()
 	_, _ = s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: calls[0]})
 	s.shutdown()
-	s.done = make(chan error, 1)
-	s.done <- nil
 	logs := s.logs.String()
 	if !strings.Contains(logs, "call failed") {
 		t.Fatal("no failure was logged at all: the check would be empty")
