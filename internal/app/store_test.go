@@ -324,7 +324,11 @@ func TestAppendBadInputWritesNothing(t *testing.T) {
 	good := func() *eventgwv1.AppendEventsRequest {
 		return appendReq(tenantA, uuid.NewString(), anyVersion, newEv(t, "patient.created", map[string]any{"a": 1.0}))
 	}
-	with := func(f func(r *eventgwv1.AppendEventsRequest)) *eventgwv1.AppendEventsRequest { r := good(); f(r); return r }
+	with := func(f func(r *eventgwv1.AppendEventsRequest)) *eventgwv1.AppendEventsRequest {
+		r := good()
+		f(r)
+		return r
+	}
 	big := make([]*eventgwv1.NewEvent, 6)
 	for i := range big {
 		big[i] = newEv(t, "patient.created", map[string]any{})
@@ -334,21 +338,25 @@ func TestAppendBadInputWritesNothing(t *testing.T) {
 		req   *eventgwv1.AppendEventsRequest
 		field string
 	}{
-		"tenant":             {with(func(r *eventgwv1.AppendEventsRequest) { r.TenantId = "t1" }), "tenant_id"},
-		"aggregate id":       {with(func(r *eventgwv1.AppendEventsRequest) { r.AggregateId = "patient-1" }), "aggregate_id"},
-		"aggregate type":     {with(func(r *eventgwv1.AppendEventsRequest) { r.AggregateType = "Pat ient" }), "aggregate_type"},
-		"no aggregate type":  {with(func(r *eventgwv1.AppendEventsRequest) { r.AggregateType = "" }), "aggregate_type"},
-		"no expected":        {with(func(r *eventgwv1.AppendEventsRequest) { r.ExpectedVersion = nil }), "expected_version"},
-		"empty expected":     {with(func(r *eventgwv1.AppendEventsRequest) { r.ExpectedVersion = &eventgwv1.ExpectedVersion{} }), "expected_version"},
-		"negative expected":  {with(func(r *eventgwv1.AppendEventsRequest) { r.ExpectedVersion = exact(-3) }), "expected_version.exact"},
-		"no events":          {with(func(r *eventgwv1.AppendEventsRequest) { r.Events = nil }), "events"},
-		"too many events":    {with(func(r *eventgwv1.AppendEventsRequest) { r.Events = big }), "events"},
-		"event type":         {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].EventType = "PatientCreated" }), "events[0].event_type"},
-		"event id":           {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].EventId = "1" }), "events[0].event_id"},
-		"no data":            {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].Body = nil }), "events[0].data"},
-		"data json not obj":  {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].Body = &eventgwv1.NewEvent_DataJson{DataJson: []byte(`"x"`)} }), "events[0].data_json"},
-		"data too big":       {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0] = newEv(t, "patient.created", map[string]any{"x": string(make([]byte, 2000))}) }), "events[0].data"},
-		"metadata key":       {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].Metadata = map[string]string{"Bad Key": "v"} }), "events[0].metadata"},
+		"tenant":            {with(func(r *eventgwv1.AppendEventsRequest) { r.TenantId = "t1" }), "tenant_id"},
+		"aggregate id":      {with(func(r *eventgwv1.AppendEventsRequest) { r.AggregateId = "patient-1" }), "aggregate_id"},
+		"aggregate type":    {with(func(r *eventgwv1.AppendEventsRequest) { r.AggregateType = "Pat ient" }), "aggregate_type"},
+		"no aggregate type": {with(func(r *eventgwv1.AppendEventsRequest) { r.AggregateType = "" }), "aggregate_type"},
+		"no expected":       {with(func(r *eventgwv1.AppendEventsRequest) { r.ExpectedVersion = nil }), "expected_version"},
+		"empty expected":    {with(func(r *eventgwv1.AppendEventsRequest) { r.ExpectedVersion = &eventgwv1.ExpectedVersion{} }), "expected_version"},
+		"negative expected": {with(func(r *eventgwv1.AppendEventsRequest) { r.ExpectedVersion = exact(-3) }), "expected_version.exact"},
+		"no events":         {with(func(r *eventgwv1.AppendEventsRequest) { r.Events = nil }), "events"},
+		"too many events":   {with(func(r *eventgwv1.AppendEventsRequest) { r.Events = big }), "events"},
+		"event type":        {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].EventType = "PatientCreated" }), "events[0].event_type"},
+		"event id":          {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].EventId = "1" }), "events[0].event_id"},
+		"no data":           {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].Body = nil }), "events[0].data"},
+		"data json not obj": {with(func(r *eventgwv1.AppendEventsRequest) {
+			r.Events[0].Body = &eventgwv1.NewEvent_DataJson{DataJson: []byte(`"x"`)}
+		}), "events[0].data_json"},
+		"data too big": {with(func(r *eventgwv1.AppendEventsRequest) {
+			r.Events[0] = newEv(t, "patient.created", map[string]any{"x": string(make([]byte, 2000))})
+		}), "events[0].data"},
+		"metadata key": {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].Metadata = map[string]string{"Bad Key": "v"} }), "events[0].metadata"},
 		"duplicate ids": {with(func(r *eventgwv1.AppendEventsRequest) {
 			r.Events = []*eventgwv1.NewEvent{newEv(t, "patient.created", map[string]any{}), newEv(t, "patient.updated", map[string]any{})}
 			r.Events[0].EventId, r.Events[1].EventId = dup, dup
