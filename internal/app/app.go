@@ -181,7 +181,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Timeout:        cfg.PublishTimeout,
 	}, a.Router, topics, a.Producer, a.Schemas, m, log)
 
-	a.Events = store.NewEvents(a.Pool, outbox.Shards)
+	a.Events = store.NewEvents(a.Pool)
 	a.Relay = outbox.New(a.Pool, pub, a.Registry, log)
 	a.snapshots = store.NewSnapshotter(a.Events, int64(cfg.SnapshotEvery), log)
 	a.grpcSrv, a.health = server.NewGRPC(server.Options{
@@ -189,7 +189,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	}, server.Services{
 		Events: server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log),
 		EventStore: server.NewEventStoreService(a.Events, a.snapshots, pub, a.Relay, outbox.ToEvent,
-			outbox.Shards, cfg.MaxBatch, cfg.MaxEventBytes),
+			cfg.MaxBatch, cfg.MaxEventBytes),
 	})
 	a.httpSrv = server.NewHTTP(a.Registry, []server.ReadyCheck{
 		{Name: "postgres", Check: a.Pool.Ping},

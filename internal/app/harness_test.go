@@ -136,6 +136,9 @@ func runSidecar(t *testing.T, cfg config.Config) *sidecar {
 	t.Cleanup(func() {
 		_ = conn.Close()
 		s.shutdown()
+		if t.Failed() {
+			t.Logf("sidecar log (last 4 KiB):\n%s", tail(logs.String(), 4096))
+		}
 	})
 	return s
 }
@@ -235,4 +238,11 @@ func header(r *kgo.Record, key string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }

@@ -51,6 +51,7 @@ type Options struct {
 	Duration time.Duration
 	Sizes    string
 	Only     string
+	Suite    string
 	// CPUProfile, when set, is where a CPU profile of the run is written.
 	CPUProfile string
 }
@@ -75,6 +76,7 @@ func Main(args []string, out io.Writer) int {
 	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "how long each scenario runs")
 	fs.StringVar(&o.Sizes, "sizes", "200,1024", "payload sizes in bytes, comma-separated")
 	fs.StringVar(&o.Only, "only", "", "run only scenarios whose name contains this")
+	fs.StringVar(&o.Suite, "suite", "all", "which suite: publish, store or all")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -103,6 +105,9 @@ type env struct {
 	events  eventgwv1.EventServiceClient
 	brokers []string
 	conns   []*grpc.ClientConn
+	dbURL   string
+	stack   *devstack.Stack
+	cfg     config.Config
 }
 
 func run(o Options, out io.Writer) error {
@@ -135,7 +140,7 @@ func run(o Options, out io.Writer) error {
 	go func() { done <- a.Run(runCtx) }()
 	defer func() { stop(); <-done }()
 
-	e := &env{brokers: stack.Brokers()}
+	e := &env{brokers: stack.Brokers(), dbURL: stack.DatabaseURL, stack: stack, cfg: cfg}
 	// Several connections, as several app processes or a pooled client would have.
 	for range 4 {
 		c, err := grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -154,6 +159,17 @@ func run(o Options, out io.Writer) error {
 	fmt.Fprintf(out, "eventgw bench: %d cores (GOMAXPROCS %d), %s, kfake 3 brokers in this process, %v per scenario\n\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), o.Duration)
 	var results []Result
+	if o.Suite == "store" || o.Suite == "all" {
+		rs, err := e.storeSuite(ctx, o)
+		if err != nil {
+			return err
+		}
+		reportStore(out, rs)
+		if o.Suite == "store" {
+			return nil
+		}
+		fmt.Fprintln(out)
+	}
 	for _, sz := range strings.Split(o.Sizes, ",") {
 		size, err := strconv.Atoi(strings.TrimSpace(sz))
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -25,81 +26,105 @@ import (
 	"github.com/eventgw/eventgw/internal/store"
 )
 
-// Shards is the number of outbox shards.
-const Shards = 16
-
 const (
-	lockNamespace = 1162302258 // advisory lock namespace of shard ownership
+	lockNamespace = 1162302258 // advisory lock (namespace, 0) elects the relay
 	channel       = "eventgw_outbox"
 	batchSize     = 500
 )
 
-// Relay publishes the outbox shards this sidecar owns.
+// Relay publishes the outbox when this sidecar holds the relay lock.
 type Relay struct {
 	pool *pgxpool.Pool
 	pub  *publish.Publisher
 	log  *zap.Logger
 
-	kicks [Shards]chan struct{}
-
-	mu    sync.Mutex
-	owned map[int]context.CancelFunc
+	owner  atomic.Bool
+	wake   chan struct{} // new events (this sidecar is the relay)
+	nwake  chan struct{} // new events to announce to the relay elsewhere
+	cursor int64         // used by the work goroutine only
 
 	backlog   prometheus.Gauge
 	published prometheus.Counter
 	lag       prometheus.Histogram
-	ownedG    prometheus.Gauge
-	// PollInterval is the fallback poll of owned shards (and the ownership check).
+	ownerG    prometheus.Gauge
+	// PollInterval is the fallback poll (and the lock check).
 	PollInterval time.Duration
 }
 
-// New builds a relay; register its metrics on reg.
+// New builds a relay; its metrics are registered on reg.
 func New(pool *pgxpool.Pool, pub *publish.Publisher, reg prometheus.Registerer, log *zap.Logger) *Relay {
 	r := &Relay{
-		pool: pool, pub: pub, log: log.Named("outbox"), owned: map[int]context.CancelFunc{},
+		pool: pool, pub: pub, log: log.Named("outbox"),
+		wake: make(chan struct{}, 1), nwake: make(chan struct{}, 1),
 		PollInterval: time.Second,
 		backlog: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "outbox_backlog_events", Help: "Appended events not yet acknowledged by Kafka (whole database).",
+			Name: "outbox_backlog_events", Help: "Appended events Kafka has not acknowledged yet (whole database).",
 		}),
 		published: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "outbox_published_total", Help: "Outbox events published to Kafka by this sidecar.",
+			Name: "outbox_published_total", Help: "Appended events this sidecar published to Kafka.",
 		}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "outbox_publish_lag_seconds", Help: "Time from an event's commit to Kafka's acknowledgement.",
+			Name: "outbox_publish_lag_seconds", Help: "Time from an event's append to Kafka's acknowledgement.",
 			Buckets: []float64{.001, .0025, .005, .01, .02, .05, .1, .25, .5, 1, 5, 30, 120},
 		}),
-		ownedG: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "outbox_shards_owned", Help: "Outbox shards this sidecar publishes.",
+		ownerG: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outbox_relay_active", Help: "1 when this sidecar is the one publishing the outbox.",
 		}),
 	}
-	for i := range r.kicks {
-		r.kicks[i] = make(chan struct{}, 1)
-	}
-	reg.MustRegister(r.backlog, r.published, r.lag, r.ownedG)
+	reg.MustRegister(r.backlog, r.published, r.lag, r.ownerG)
 	return r
 }
 
-// Kick wakes the worker of shard, if this sidecar owns it (called after an append commits).
-func (r *Relay) Kick(shard int16) {
+func signal(ch chan struct{}) {
 	select {
-	case r.kicks[int(shard)%Shards] <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
 
-// Run owns, listens and publishes until ctx ends.
+// Kick says that an append committed: the relay wakes, here or (by NOTIFY) elsewhere.
+func (r *Relay) Kick() {
+	if r.owner.Load() {
+		signal(r.wake)
+		return
+	}
+	signal(r.nwake)
+}
+
+// Active reports whether this sidecar is the relay.
+func (r *Relay) Active() bool { return r.owner.Load() }
+
+// Run elects, listens and publishes until ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() { defer wg.Done(); r.listen(ctx) }()
-	go func() { defer wg.Done(); r.own(ctx) }()
-	go func() { defer wg.Done(); r.measureBacklog(ctx) }()
+	for _, f := range []func(context.Context){r.listen, r.elect, r.measureBacklog, r.work, r.notifier} {
+		wg.Add(1)
+		go func() { defer wg.Done(); f(ctx) }()
+	}
 	wg.Wait()
 	return nil
 }
 
 func (r *Relay) connect(ctx context.Context) (*pgx.Conn, error) {
 	return pgx.ConnectConfig(ctx, r.pool.Config().ConnConfig.Copy())
+}
+
+// notifier tells the relay elsewhere about new events: one NOTIFY at a time, covering
+// every append meanwhile.
+func (r *Relay) notifier(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.nwake:
+		}
+		if r.owner.Load() {
+			continue
+		}
+		if _, err := r.pool.Exec(ctx, `SELECT pg_notify($1, '')`, channel); err != nil && ctx.Err() == nil {
+			r.log.Debug("outbox notify failed (the relay polls anyway)", zap.Error(err))
+		}
+	}
 }
 
 func (r *Relay) listen(ctx context.Context) {
@@ -112,28 +137,29 @@ func (r *Relay) listen(ctx context.Context) {
 			}
 		},
 	}
-	l.Handle(channel, pgxlisten.HandlerFunc(func(_ context.Context, n *pgconn.Notification, _ *pgx.Conn) error {
-		if shard, err := strconv.Atoi(n.Payload); err == nil && shard >= 0 {
-			r.Kick(int16(shard))
+	l.Handle(channel, pgxlisten.HandlerFunc(func(context.Context, *pgconn.Notification, *pgx.Conn) error {
+		if r.owner.Load() {
+			signal(r.wake)
 		}
 		return nil
 	}))
 	_ = l.Listen(ctx)
 }
 
-// own keeps a dedicated connection holding the shard locks: it takes free shards and,
-// if the connection breaks, stops every worker at once (the locks went with it).
-func (r *Relay) own(ctx context.Context) {
+// elect keeps a dedicated connection that holds (or waits to take) the relay lock; if
+// it breaks, this sidecar stops relaying at once (the lock went with it).
+func (r *Relay) elect(ctx context.Context) {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval = 200*time.Millisecond, 5*time.Second
 	for ctx.Err() == nil {
-		err := r.ownOnce(ctx)
-		r.stopAll()
+		err := r.electOnce(ctx)
+		r.owner.Store(false)
+		r.ownerG.Set(0)
 		if ctx.Err() != nil {
 			return
 		}
 		d := bo.NextBackOff()
-		r.log.Warn("outbox shard lock connection lost; retrying", zap.Error(err), zap.Duration("in", d))
+		r.log.Warn("outbox relay lock connection lost; retrying", zap.Error(err), zap.Duration("in", d))
 		select {
 		case <-ctx.Done():
 			return
@@ -142,7 +168,7 @@ func (r *Relay) own(ctx context.Context) {
 	}
 }
 
-func (r *Relay) ownOnce(ctx context.Context) error {
+func (r *Relay) electOnce(ctx context.Context) error {
 	conn, err := r.connect(ctx)
 	if err != nil {
 		return err
@@ -155,8 +181,22 @@ func (r *Relay) ownOnce(ctx context.Context) error {
 	t := time.NewTicker(r.PollInterval)
 	defer t.Stop()
 	for {
-		if err := r.takeShards(ctx, conn); err != nil {
-			return err
+		if r.owner.Load() {
+			// A cheap round trip proves the connection (and so the lock) is still there.
+			if _, err := conn.Exec(ctx, `SELECT 1`); err != nil {
+				return err
+			}
+		} else {
+			var got bool
+			if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, 0)`, lockNamespace).Scan(&got); err != nil {
+				return err
+			}
+			if got {
+				r.log.Info("this sidecar now publishes the outbox")
+				r.owner.Store(true)
+				r.ownerG.Set(1)
+				signal(r.wake)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -166,100 +206,81 @@ func (r *Relay) ownOnce(ctx context.Context) error {
 	}
 }
 
-func (r *Relay) takeShards(ctx context.Context, conn *pgx.Conn) error {
-	for shard := range Shards {
-		r.mu.Lock()
-		_, mine := r.owned[shard]
-		r.mu.Unlock()
-		if mine {
-			continue
-		}
-		var got bool
-		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, lockNamespace, shard).Scan(&got); err != nil {
-			return err
-		}
-		if got {
-			r.start(ctx, shard)
-		}
-	}
-	// A cheap round trip proves the connection (and so the locks) are still there.
-	_, err := conn.Exec(ctx, `SELECT 1`)
-	return err
-}
-
-func (r *Relay) start(ctx context.Context, shard int) {
-	wctx, cancel := context.WithCancel(ctx)
-	r.mu.Lock()
-	r.owned[shard] = cancel
-	r.ownedG.Set(float64(len(r.owned)))
-	r.mu.Unlock()
-	r.log.Debug("owning outbox shard", zap.Int("shard", shard))
-	go r.work(wctx, shard)
-}
-
-func (r *Relay) stopAll() {
-	r.mu.Lock()
-	for s, cancel := range r.owned {
-		cancel()
-		delete(r.owned, s)
-	}
-	r.ownedG.Set(0)
-	r.mu.Unlock()
-}
-
-// Owned reports how many shards this sidecar owns.
-func (r *Relay) Owned() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.owned)
-}
-
-func (r *Relay) work(ctx context.Context, shard int) {
+// work publishes whenever woken (or every PollInterval) while this sidecar is the relay.
+func (r *Relay) work(ctx context.Context) {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval = 100*time.Millisecond, 10*time.Second
 	poll := time.NewTicker(r.PollInterval)
 	defer poll.Stop()
+	wasOwner := false
+	blockedSince := time.Time{}
 	for {
-		n, err := r.drain(ctx, shard)
 		var wait <-chan time.Time
-		if err != nil {
-			if ctx.Err() != nil {
+		owner := r.owner.Load()
+		if owner && !wasOwner {
+			// Taking over: start from the recorded cursor.
+			if err := r.pool.QueryRow(ctx, `SELECT position FROM outbox_cursor WHERE id = 1`).Scan(&r.cursor); err != nil {
+				owner = false
+				wait = time.After(bo.NextBackOff())
+			}
+		}
+		wasOwner = owner
+		if owner {
+			n, blocked, err := r.drain(ctx)
+			switch {
+			case err != nil && ctx.Err() != nil:
 				return
-			}
-			d := bo.NextBackOff()
-			r.log.Warn("outbox publish failed; will retry", zap.Int("shard", shard), zap.Error(err), zap.Duration("in", d))
-			wait = time.After(d)
-		} else {
-			bo.Reset()
-			if n > 0 {
+			case err != nil:
+				d := bo.NextBackOff()
+				r.log.Warn("outbox publish failed; will retry", zap.Error(err), zap.Duration("in", d))
+				wait = time.After(d)
+			case n > 0:
+				bo.Reset()
+				blockedSince = time.Time{}
 				continue // more may be waiting
+			case blocked:
+				// Committed events wait behind a transaction still running with a lower
+				// position: look again shortly rather than at the next poll.
+				if blockedSince.IsZero() {
+					blockedSince = time.Now()
+				} else if time.Since(blockedSince) > 10*time.Second {
+					r.log.Warn("outbox held back by a long-running transaction", zap.Duration("for", time.Since(blockedSince)))
+					blockedSince = time.Now()
+				}
+				wait = time.After(2 * time.Millisecond)
+			default:
+				bo.Reset()
+				blockedSince = time.Time{}
 			}
+		}
+		if wait != nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-wait:
+			}
+			continue
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-wait:
-		case <-r.kicks[shard]:
-			if wait != nil { // during backoff a kick does not hurry a retry
-				select {
-				case <-ctx.Done():
-					return
-				case <-wait:
-				}
-			}
+		case <-r.wake:
 		case <-poll.C:
 		}
 	}
 }
 
-// drain publishes up to one batch of the shard; it answers how many it deleted.
-func (r *Relay) drain(ctx context.Context, shard int) (int, error) {
-	rows, err := r.pool.Query(ctx, `SELECT e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id, e.version,
-		e.event_type, e.event_data, e.metadata, e.occurred_at, e.recorded_at, e.position
-		FROM event_outbox o JOIN stored_events e ON e.position = o.position
-		WHERE o.shard = $1 ORDER BY o.position LIMIT $2`, shard, batchSize)
+// drain publishes up to one batch after the cursor. blocked reports committed events
+// waiting behind a still-running transaction.
+func (r *Relay) drain(ctx context.Context) (n int, blocked bool, err error) {
+	rows, err := r.pool.Query(ctx, `WITH b AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 10 AS bound)
+		SELECT e.event_id, e.tenant_id, e.aggregate_type, e.aggregate_id, e.version,
+		       e.event_type, e.event_data, e.metadata, e.occurred_at, e.recorded_at, e.position
+		  FROM stored_events e, b
+		 WHERE e.position > $1 AND e.position < b.bound
+		 ORDER BY e.position LIMIT $2`, r.cursor, batchSize)
 	if err != nil {
-		return 0, fmt.Errorf("read outbox: %w", err)
+		return 0, false, fmt.Errorf("read outbox: %w", err)
 	}
 	var evs []store.StoredEvent
 	for rows.Next() {
@@ -268,108 +289,100 @@ func (r *Relay) drain(ctx context.Context, shard int) (int, error) {
 		var version int32
 		if err := rows.Scan(&id, &tenant, &e.AggregateType, &agg, &version, &e.Type, &e.Data, &e.Metadata, &e.OccurredAt, &e.RecordedAt, &e.Position); err != nil {
 			rows.Close()
-			return 0, fmt.Errorf("read outbox: %w", err)
+			return 0, false, fmt.Errorf("read outbox: %w", err)
 		}
 		e.EventID, e.TenantID, e.AggregateID, e.Version = id.String(), tenant.String(), agg.String(), int64(version)
 		evs = append(evs, e)
 	}
 	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("read outbox: %w", err)
+		return 0, false, fmt.Errorf("read outbox: %w", err)
 	}
 	if len(evs) == 0 {
-		return 0, nil
+		var top int64
+		if err := r.pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM stored_events`).Scan(&top); err != nil {
+			return 0, false, fmt.Errorf("read outbox: %w", err)
+		}
+		return 0, top > r.cursor, nil
 	}
+	upto, err := r.publish(ctx, evs)
+	if upto > r.cursor {
+		if _, uerr := r.pool.Exec(ctx, `UPDATE outbox_cursor SET position = $1, updated_at = now() WHERE id = 1 AND position < $1`, upto); uerr != nil {
+			return 0, false, fmt.Errorf("record outbox cursor: %w", uerr)
+		}
+		for i := range evs {
+			if evs[i].Position > upto {
+				break
+			}
+			n++
+		}
+		r.cursor = upto
+		r.published.Add(float64(n))
+	}
+	return n, false, err
+}
+
+// publish sends evs in order and answers the position up to which every event was
+// acknowledged (or dead-lettered), and the first failure.
+func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (int64, error) {
 	now := time.Now()
 	pubEvents := make([]event.Event, 0, len(evs))
 	msgs := make([]*sarama.ProducerMessage, 0, len(evs))
-	positions := make([]int64, 0, len(evs))
-	recorded := make([]time.Time, 0, len(evs))
-	var poison []store.StoredEvent
-	var poisonErrs []error
+	idx := make([]int, 0, len(evs))
 	for i := range evs {
 		ev := ToEvent(&evs[i])
 		m, err := r.pub.Encode(&ev, now)
 		if err != nil {
-			poison, poisonErrs = append(poison, evs[i]), append(poisonErrs, err)
+			// It passed these checks when appended; its schema changed since. It must
+			// not block the outbox: it goes to failed_events.
+			if derr := r.deadLetter(ctx, &evs[i], err); derr != nil {
+				return r.cursor, derr
+			}
 			continue
 		}
 		pubEvents = append(pubEvents, ev)
 		msgs = append(msgs, m)
-		positions = append(positions, evs[i].Position)
-		recorded = append(recorded, evs[i].RecordedAt)
+		idx = append(idx, i)
 	}
-	var done []int64
-	var firstErr error
-	if len(msgs) > 0 {
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		pending, err := r.pub.Send(pctx, pubEvents, msgs, now)
-		if err != nil {
-			cancel()
-			return 0, err
-		}
-		outs := pending.Wait(pctx)
-		cancel()
-		for i, o := range outs {
-			if o.Err != nil {
-				if firstErr == nil {
-					firstErr = o.Err
-				}
-				continue
+	upto := evs[len(evs)-1].Position
+	if len(msgs) == 0 {
+		return upto, nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	pending, err := r.pub.Send(pctx, pubEvents, msgs, now)
+	if err != nil {
+		return r.cursor, err
+	}
+	for i, o := range pending.Wait(pctx) {
+		if o.Err != nil {
+			// Everything before this event is acknowledged; it and what follows are
+			// published again on the retry.
+			upto = r.cursor
+			if k := idx[i]; k > 0 {
+				upto = evs[k-1].Position
 			}
-			done = append(done, positions[i])
-			r.lag.Observe(time.Since(recorded[i]).Seconds())
+			return upto, o.Err
 		}
+		r.lag.Observe(time.Since(evs[idx[i]].RecordedAt).Seconds())
 	}
-	if len(poison) > 0 {
-		if err := r.deadLetter(ctx, poison, poisonErrs); err != nil {
-			return 0, err
-		}
-	}
-	if len(done) > 0 {
-		// The delete may be lost in a crash: the events are then published again (at
-		// least once), so it need not wait for its WAL flush.
-		b := &pgx.Batch{}
-		b.Queue(`BEGIN`)
-		b.Queue(`SET LOCAL synchronous_commit = off`)
-		b.Queue(`DELETE FROM event_outbox WHERE position = ANY ($1)`, done)
-		b.Queue(`COMMIT`)
-		if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
-			return 0, fmt.Errorf("delete published outbox rows: %w", err)
-		}
-		r.published.Add(float64(len(done)))
-	}
-	if firstErr != nil {
-		return len(done), firstErr
-	}
-	return len(done) + len(poison), nil
+	return upto, nil
 }
 
-// deadLetter moves events that can no longer be encoded (their schema changed since
-// they were stored) to failed_events, out of the outbox, so they do not block the shard.
-func (r *Relay) deadLetter(ctx context.Context, evs []store.StoredEvent, errs []error) error {
-	tx, err := r.pool.Begin(ctx)
+func (r *Relay) deadLetter(ctx context.Context, e *store.StoredEvent, cause error) error {
+	r.log.Error("appended event can no longer be published; moved to failed_events",
+		zap.String("event_id", e.EventID), zap.String("event_type", e.Type), zap.Error(cause))
+	_, err := r.pool.Exec(ctx, `INSERT INTO failed_events (id, tenant_id, event_id, event_type, event_payload, error_type, error_message, failed_at)
+		VALUES ($1, $2, $3, $4, $5::jsonb, 'outbox_encode', $6, now())`,
+		uuid.Must(uuid.NewV7()), e.TenantID, e.EventID, e.Type, string(e.Data), cause.Error())
 	if err != nil {
-		return fmt.Errorf("dead-letter outbox events: %w", err)
+		return fmt.Errorf("dead-letter event %s: %w", e.EventID, err)
 	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	for i, e := range evs {
-		r.log.Error("outbox event cannot be published; moved to failed_events",
-			zap.String("event_id", e.EventID), zap.String("event_type", e.Type), zap.Error(errs[i]))
-		if _, err := tx.Exec(ctx, `INSERT INTO failed_events (id, tenant_id, event_id, event_type, event_payload, error_type, error_message, failed_at)
-			VALUES ($1, $2, $3, $4, $5::jsonb, 'outbox_encode', $6, now())`,
-			uuid.Must(uuid.NewV7()), e.TenantID, e.EventID, e.Type, string(e.Data), errs[i].Error()); err != nil {
-			return fmt.Errorf("dead-letter outbox events: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM event_outbox WHERE position = $1`, e.Position); err != nil {
-			return fmt.Errorf("dead-letter outbox events: %w", err)
-		}
-	}
-	return tx.Commit(ctx)
+	return nil
 }
 
 // ToEvent turns a stored event into the event published for it: key and ce_subject
 // the aggregate id, plus aggregate type and version headers; well-known metadata keys
-// fill the envelope, other keys become ce_<key> extensions.
+// fill the envelope, other keys become ce_<key> extensions (underscores dropped).
 func ToEvent(e *store.StoredEvent) event.Event {
 	ev := event.Event{
 		ID: e.EventID, Type: e.Type, TenantID: e.TenantID, PayloadJSON: e.Data,
@@ -408,7 +421,7 @@ func (r *Relay) measureBacklog(ctx context.Context) {
 	for {
 		var n int64
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := r.pool.QueryRow(qctx, `SELECT count(*) FROM event_outbox`).Scan(&n)
+		err := r.pool.QueryRow(qctx, `SELECT count(*) FROM stored_events WHERE position > (SELECT position FROM outbox_cursor WHERE id = 1)`).Scan(&n)
 		cancel()
 		if err == nil {
 			r.backlog.Set(float64(n))

@@ -23,6 +23,10 @@ func rewriteError(err error) error {
 	if err == nil {
 		return nil
 	}
+	var ie *internalError
+	if errors.As(err, &ie) {
+		return err
+	}
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
@@ -75,7 +79,29 @@ func rewriteError(err error) error {
 	case errors.As(err, &ue):
 		return status.Error(codes.Unavailable, ue.Error()+"; retry with the same event_id")
 	}
-	return status.Error(codes.Internal, "internal error")
+	return &internalError{cause: err}
+}
+
+// internalError answers Internal "internal error" to the caller and keeps the cause for
+// the server's log (see logCause).
+type internalError struct{ cause error }
+
+func (e *internalError) Error() string              { return "internal error" }
+func (e *internalError) GRPCStatus() *status.Status { return status.New(codes.Internal, "internal error") }
+func (e *internalError) Unwrap() error              { return e.cause }
+
+// logCause describes an internal error's cause for the log without event data:
+// PostgreSQL's DETAIL and WHERE (which may quote values) are left out.
+func logCause(err error) string {
+	var ie *internalError
+	if !errors.As(err, &ie) {
+		return ""
+	}
+	var pge *pgconn.PgError
+	if errors.As(ie.cause, &pge) {
+		return "postgres " + pge.Code + ": " + pge.Message + " (constraint " + pge.ConstraintName + ")"
+	}
+	return ie.cause.Error()
 }
 
 // statusCode is the code rewriteError gives err.

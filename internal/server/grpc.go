@@ -121,8 +121,12 @@ func logCall(log *zap.Logger, method string, start time.Time, err error) {
 		lvl = zap.WarnLevel
 	}
 	if ce := log.Check(lvl, "call failed"); ce != nil {
-		ce.Write(zap.String("method", method), zap.String("code", st.Code().String()),
-			zap.String("message", st.Message()), zap.Duration("duration", time.Since(start)))
+		fields := []zap.Field{zap.String("method", method), zap.String("code", st.Code().String()),
+			zap.String("message", st.Message()), zap.Duration("duration", time.Since(start))}
+		if cause := logCause(err); cause != "" {
+			fields = append(fields, zap.String("cause", cause))
+		}
+		ce.Write(fields...)
 	}
 }
 

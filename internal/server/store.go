@@ -22,8 +22,8 @@ import (
 // maxAppend is the most events one append may hold: positions leave room for 1024.
 const maxAppend = 1000
 
-// Kicker wakes the outbox relay for a shard after an append commits.
-type Kicker interface{ Kick(shard int16) }
+// Kicker wakes the outbox relay after an append commits.
+type Kicker interface{ Kick() }
 
 // EventStoreService implements eventgw.v1.EventStoreService.
 type EventStoreService struct {
@@ -32,7 +32,6 @@ type EventStoreService struct {
 	snapshots  *store.Snapshotter
 	pub        *publish.Publisher
 	relay      Kicker
-	shards     int
 	maxEvents  int
 	maxBytes   int
 	replayPage int
@@ -42,12 +41,12 @@ type EventStoreService struct {
 
 // NewEventStoreService builds the handlers.
 func NewEventStoreService(events *store.Events, snaps *store.Snapshotter, pub *publish.Publisher, relay Kicker,
-	toEvent func(*store.StoredEvent) event.Event, shards, maxBatch, maxEventBytes int,
+	toEvent func(*store.StoredEvent) event.Event, maxBatch, maxEventBytes int,
 ) *EventStoreService {
 	if maxBatch > maxAppend {
 		maxBatch = maxAppend
 	}
-	return &EventStoreService{events: events, snapshots: snaps, pub: pub, relay: relay, shards: shards,
+	return &EventStoreService{events: events, snapshots: snaps, pub: pub, relay: relay,
 		maxEvents: maxBatch, maxBytes: maxEventBytes, replayPage: 1000, toEvent: toEvent}
 }
 
@@ -75,7 +74,7 @@ func (s *EventStoreService) AppendEvents(ctx context.Context, req *eventgwv1.App
 		return nil, rewriteError(err)
 	}
 	if !res.Duplicate {
-		s.relay.Kick(store.Shard(ar.AggregateID, s.shards))
+		s.relay.Kick()
 		s.snapshots.Appended(ar.TenantID, ar.AggregateID, res.PrevVersion, res.Version)
 	}
 	ids := make([]string, len(ar.Events))

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"time"
 
@@ -67,24 +66,40 @@ type StoredEvent struct {
 
 // Events is the event store on PostgreSQL.
 type Events struct {
-	pool   *pgxpool.Pool
-	shards int
+	pool *pgxpool.Pool
 }
 
-// NewEvents uses pool; appended events go to outbox shard hash(aggregate id) mod shards.
-func NewEvents(pool *pgxpool.Pool, shards int) *Events {
-	return &Events{pool: pool, shards: shards}
-}
+// NewEvents uses pool.
+func NewEvents(pool *pgxpool.Pool) *Events { return &Events{pool: pool} }
 
-// Shard is the outbox shard of an aggregate.
-func Shard(aggregateID string, shards int) int16 {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(aggregateID))
-	return int16(h.Sum32() % uint32(shards))
-}
+// appendSQL appends in one statement (one round trip, its own transaction): it reads the
+// aggregate's latest event (owner, type, version), and inserts the events only when the
+// tenant, the type and the expected version match; otherwise it inserts nothing and
+// answers what it found. A concurrent append of the same version fails on the UNIQUE
+// (aggregate_id, version) index. $4: >= 0 exact version, -1 any, -2 no stream.
+const appendSQL = `WITH p AS (
+	SELECT $1::uuid AS tenant, $2::varchar AS agg_type, $3::uuid AS agg, $4::bigint AS expected
+), cur AS (
+	SELECT e.version, e.tenant_id, e.aggregate_type FROM stored_events e, p
+	 WHERE e.aggregate_id = p.agg ORDER BY e.version DESC LIMIT 1
+), chk AS (
+	SELECT coalesce((SELECT version FROM cur), 0)::bigint AS v,
+	       (SELECT tenant_id FROM cur) AS t, (SELECT aggregate_type FROM cur) AS typ
+), ins AS (
+	INSERT INTO stored_events (event_id, tenant_id, aggregate_type, aggregate_id, version,
+	                           event_type, event_data, occurred_at, metadata, position)
+	SELECT u.id, p.tenant, p.agg_type, p.agg, chk.v + u.ord, u.typ, u.dat::jsonb, u.occ, u.meta::jsonb,
+	       (pg_current_xact_id()::text::bigint << 10) + u.ord - 1
+	  FROM p, chk, unnest($5::uuid[], $6::varchar[], $7::text[], $8::text[], $9::timestamptz[])
+	       WITH ORDINALITY AS u(id, typ, dat, meta, occ, ord)
+	 WHERE (chk.t IS NULL OR (chk.t = p.tenant AND chk.typ = p.agg_type))
+	   AND (p.expected = -1 OR chk.v = p.expected OR (p.expected = -2 AND chk.v = 0))
+	RETURNING position
+)
+SELECT chk.v, chk.t, chk.typ, (SELECT array_agg(position ORDER BY position) FROM ins) FROM chk`
 
-// Append appends req's events atomically with consecutive versions, and writes them to
-// the outbox in the same transaction (one round trip: see eventgw_append).
+// Append appends req's events atomically with consecutive versions. The rows are the
+// outbox: the relay publishes them once committed.
 func (s *Events) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
 	n := len(req.Events)
 	ids := make([]string, n)
@@ -99,40 +114,101 @@ func (s *Events) Append(ctx context.Context, req AppendRequest) (AppendResult, e
 			meta[i] = string(e.Metadata)
 		}
 	}
-	var res AppendResult
-	err := s.pool.QueryRow(ctx, `SELECT new_version, positions, duplicate FROM eventgw_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-		req.TenantID, req.AggregateType, req.AggregateID, req.Expected, ids, types, data, meta, occurred,
-		Shard(req.AggregateID, s.shards)).Scan(&res.Version, &res.Positions, &res.Duplicate)
-	if err != nil {
-		return AppendResult{}, appendErr(err, req)
+	for attempt := 0; ; attempt++ {
+		var (
+			cur       int64
+			owner     *uuid.UUID
+			aggType   *string
+			positions []int64
+		)
+		err := s.pool.QueryRow(ctx, appendSQL, req.TenantID, req.AggregateType, req.AggregateID, req.Expected,
+			ids, types, data, meta, occurred).Scan(&cur, &owner, &aggType, &positions)
+		var pgErr *pgconn.PgError
+		switch {
+		case err == nil && positions != nil:
+			return AppendResult{Version: cur + int64(n), Positions: positions, PrevVersion: cur}, nil
+		case err == nil:
+			// Nothing inserted. A retry of an append that succeeded is answered its
+			// original result, whatever the aggregate's version is now.
+			if res, found, err := s.duplicate(ctx, req, ids); found || err != nil {
+				return res, err
+			}
+			switch {
+			case owner != nil && owner.String() != req.TenantID:
+				return AppendResult{}, ErrNotFound
+			case aggType != nil && *aggType != req.AggregateType:
+				return AppendResult{}, &TypeMismatchError{Stored: *aggType}
+			}
+			return AppendResult{}, s.conflict(req, cur)
+		case errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "stored_events_pkey":
+			res, _, err := s.duplicate(ctx, req, ids)
+			return res, err
+		case errors.As(err, &pgErr) && pgErr.Code == "23505":
+			// A concurrent append took the version. With "any" that is no conflict: retry.
+			if req.Expected == ExpectAny && attempt < 50 {
+				continue
+			}
+			_, v, err := s.aggregate(ctx, req.TenantID, req.AggregateID)
+			if err != nil {
+				return AppendResult{}, err
+			}
+			return AppendResult{}, s.conflict(req, v)
+		default:
+			return AppendResult{}, fmt.Errorf("append: %w", err)
+		}
 	}
-	res.PrevVersion = res.Version - int64(n)
-	return res, nil
 }
 
-func appendErr(err error, req AppendRequest) error {
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) {
-		return fmt.Errorf("append: %w", err)
+func (s *Events) conflict(req AppendRequest, cur int64) error {
+	exp := strconv.FormatInt(req.Expected, 10)
+	if req.Expected == ExpectNoStream {
+		exp = "no stream"
 	}
-	switch pgErr.Code {
-	case "EG001":
-		cur, _ := strconv.ParseInt(pgErr.Detail, 10, 64)
-		exp := strconv.FormatInt(req.Expected, 10)
-		if req.Expected == ExpectNoStream {
-			exp = "no stream"
+	return &ConflictError{AggregateID: req.AggregateID, Current: cur, Expected: exp}
+}
+
+// duplicate answers a re-sent append: found is false when none of the ids is stored;
+// otherwise the original result when every id is stored on this aggregate, or an error.
+func (s *Events) duplicate(ctx context.Context, req AppendRequest, ids []string) (AppendResult, bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT event_id, aggregate_id, tenant_id, version, position
+		FROM stored_events WHERE event_id = ANY ($1::uuid[])`, ids)
+	if err != nil {
+		return AppendResult{}, false, fmt.Errorf("append: %w", err)
+	}
+	type found struct{ version, position int64 }
+	byID := map[string]found{}
+	other := false
+	for rows.Next() {
+		var id, agg, tenant uuid.UUID
+		var version int32
+		var pos int64
+		if err := rows.Scan(&id, &agg, &tenant, &version, &pos); err != nil {
+			rows.Close()
+			return AppendResult{}, false, fmt.Errorf("append: %w", err)
 		}
-		return &ConflictError{AggregateID: req.AggregateID, Current: cur, Expected: exp}
-	case "EG002":
-		return ErrNotFound
-	case "EG003", "23505": // 23505: a racing append stored the same event id elsewhere
-		return ErrEventIDTaken
-	case "EG004":
-		return &TypeMismatchError{Stored: pgErr.Detail}
-	case "EG005":
-		return ErrPartialDuplicate
+		if agg.String() != req.AggregateID || tenant.String() != req.TenantID {
+			other = true
+		}
+		byID[id.String()] = found{int64(version), pos}
 	}
-	return fmt.Errorf("append: %w", err)
+	if err := rows.Err(); err != nil {
+		return AppendResult{}, false, fmt.Errorf("append: %w", err)
+	}
+	switch {
+	case len(byID) == 0:
+		return AppendResult{}, false, nil
+	case other:
+		return AppendResult{}, true, ErrEventIDTaken
+	case len(byID) != len(ids):
+		return AppendResult{}, true, ErrPartialDuplicate
+	}
+	res := AppendResult{Duplicate: true, Positions: make([]int64, len(ids))}
+	for i, id := range ids {
+		f := byID[id]
+		res.Positions[i] = f.position
+		res.Version = max(res.Version, f.version)
+	}
+	return res, true, nil
 }
 
 const eventColumns = `event_id, tenant_id, aggregate_type, aggregate_id, version, event_type, event_data, metadata, occurred_at, recorded_at, position`
@@ -157,9 +233,10 @@ func (s *Events) ReadAggregate(ctx context.Context, tenantID, aggregateID string
 		from = 1
 	}
 	for {
+		// The tenant owns the aggregate (checked above): all its events are the tenant's.
 		batch, err := s.events(ctx, `SELECT `+eventColumns+` FROM stored_events
-			WHERE aggregate_id = $1 AND tenant_id = $2 AND version >= $3 ORDER BY version LIMIT $4`,
-			aggregateID, tenantID, from, page)
+			WHERE aggregate_id = $1 AND version >= $2 ORDER BY version LIMIT $3`,
+			aggregateID, from, page)
 		if err != nil {
 			return err
 		}
@@ -195,13 +272,18 @@ func (s *Events) events(ctx context.Context, sql string, args ...any) ([]StoredE
 	return out, nil
 }
 
-// aggregate returns the aggregate's type and version, or ErrNotFound.
+// latestSQL reads an aggregate's latest event through the (aggregate_id, version) index;
+// the tenant is compared by the caller, so that no plan prefers the tenant index.
+const latestSQL = `SELECT aggregate_type, version, tenant_id FROM stored_events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1`
+
+// aggregate returns the aggregate's type and version, or ErrNotFound (also when another
+// tenant owns it).
 func (s *Events) aggregate(ctx context.Context, tenantID, aggregateID string) (string, int64, error) {
 	var typ string
 	var version int32
-	err := s.pool.QueryRow(ctx, `SELECT aggregate_type, version FROM aggregates WHERE aggregate_id = $1 AND tenant_id = $2`,
-		aggregateID, tenantID).Scan(&typ, &version)
-	if errors.Is(err, pgx.ErrNoRows) {
+	var owner uuid.UUID
+	err := s.pool.QueryRow(ctx, latestSQL, aggregateID).Scan(&typ, &version, &owner)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && owner.String() != tenantID) {
 		return "", 0, ErrNotFound
 	}
 	if err != nil {
@@ -231,11 +313,11 @@ type Loaded struct {
 func (s *Events) Load(ctx context.Context, tenantID, aggregateID string) (*Loaded, error) {
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
-	b.Queue(`SELECT aggregate_type, version FROM aggregates WHERE aggregate_id = $1 AND tenant_id = $2`, aggregateID, tenantID)
-	b.Queue(`SELECT id, version, state FROM aggregate_snapshots WHERE aggregate_id = $1 AND tenant_id = $2 ORDER BY version DESC LIMIT 1`, aggregateID, tenantID)
-	b.Queue(`SELECT `+eventColumns+` FROM stored_events WHERE aggregate_id = $1 AND tenant_id = $2
-		AND version > coalesce((SELECT max(version) FROM aggregate_snapshots WHERE aggregate_id = $1 AND tenant_id = $2), 0)
-		ORDER BY version`, aggregateID, tenantID)
+	b.Queue(latestSQL, aggregateID)
+	b.Queue(`SELECT id, version, state FROM aggregate_snapshots WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1`, aggregateID)
+	b.Queue(`SELECT `+eventColumns+` FROM stored_events WHERE aggregate_id = $1
+		AND version > coalesce((SELECT max(version) FROM aggregate_snapshots WHERE aggregate_id = $1), 0)
+		ORDER BY version`, aggregateID)
 	b.Queue(`COMMIT`)
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
@@ -244,11 +326,15 @@ func (s *Events) Load(ctx context.Context, tenantID, aggregateID string) (*Loade
 	}
 	l := &Loaded{}
 	var version int32
-	if err := br.QueryRow().Scan(&l.AggregateType, &version); err != nil {
+	var owner uuid.UUID
+	if err := br.QueryRow().Scan(&l.AggregateType, &version, &owner); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, ErrNotFound
 		}
 		return nil, fmt.Errorf("load aggregate: %w", err)
+	}
+	if owner.String() != tenantID {
+		return nil, ErrNotFound
 	}
 	l.Version = int64(version)
 	var snap Snapshot
@@ -311,9 +397,9 @@ func Fold(l *Loaded) (map[string]any, error) {
 func (s *Events) SaveSnapshot(ctx context.Context, tenantID, aggregateID string, version int64, state []byte) (string, error) {
 	id := uuid.Must(uuid.NewV7())
 	tag, err := s.pool.Exec(ctx, `INSERT INTO aggregate_snapshots (id, tenant_id, aggregate_type, aggregate_id, version, state, created_at)
-		SELECT $1, a.tenant_id, a.aggregate_type, a.aggregate_id, $4, $5::jsonb, now()
-		  FROM aggregates a
-		 WHERE a.aggregate_id = $2 AND a.tenant_id = $3 AND a.version >= $4 AND $4 > 0
+		SELECT $1, e.tenant_id, e.aggregate_type, e.aggregate_id, $4, $5::jsonb, now()
+		  FROM stored_events e
+		 WHERE e.aggregate_id = $2 AND e.tenant_id = $3 AND e.version = $4
 		   AND NOT EXISTS (SELECT 1 FROM aggregate_snapshots s WHERE s.aggregate_id = $2 AND s.version >= $4)
 		ON CONFLICT DO NOTHING`, id, aggregateID, tenantID, version, string(state))
 	if err != nil {
