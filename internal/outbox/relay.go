@@ -234,10 +234,16 @@ func (r *Relay) work(ctx context.Context) {
 				d := bo.NextBackOff()
 				r.log.Warn("outbox publish failed; will retry", zap.Error(err), zap.Duration("in", d))
 				wait = time.After(d)
-			case n > 0:
+			case n >= batchSize:
 				bo.Reset()
 				blockedSince = time.Time{}
-				continue // more may be waiting
+				continue // more are waiting
+			case n > 0:
+				// A partial batch: let appends accumulate for a moment rather than
+				// running a round per append under load.
+				bo.Reset()
+				blockedSince = time.Time{}
+				wait = time.After(time.Millisecond)
 			case blocked:
 				// Committed events wait behind a transaction still running with a lower
 				// position: look again shortly rather than at the next poll.
@@ -306,7 +312,14 @@ func (r *Relay) drain(ctx context.Context) (n int, blocked bool, err error) {
 	}
 	upto, err := r.publish(ctx, evs)
 	if upto > r.cursor {
-		if _, uerr := r.pool.Exec(ctx, `UPDATE outbox_cursor SET position = $1, updated_at = now() WHERE id = 1 AND position < $1`, upto); uerr != nil {
+		// Losing this update in a crash only publishes these events again (at least
+		// once), so its commit need not wait for the WAL flush.
+		b := &pgx.Batch{}
+		b.Queue(`BEGIN`)
+		b.Queue(`SET LOCAL synchronous_commit = off`)
+		b.Queue(`UPDATE outbox_cursor SET position = $1, updated_at = now() WHERE id = 1 AND position < $1`, upto)
+		b.Queue(`COMMIT`)
+		if uerr := r.pool.SendBatch(ctx, b).Close(); uerr != nil {
 			return 0, false, fmt.Errorf("record outbox cursor: %w", uerr)
 		}
 		for i := range evs {
