@@ -86,9 +86,11 @@ func rewriteError(err error) error {
 // the server's log (see logCause).
 type internalError struct{ cause error }
 
-func (e *internalError) Error() string              { return "internal error" }
-func (e *internalError) GRPCStatus() *status.Status { return status.New(codes.Internal, "internal error") }
-func (e *internalError) Unwrap() error              { return e.cause }
+func (e *internalError) Error() string { return "internal error" }
+func (e *internalError) GRPCStatus() *status.Status {
+	return status.New(codes.Internal, "internal error")
+}
+func (e *internalError) Unwrap() error { return e.cause }
 
 // logCause describes an internal error's cause for the log without event data:
 // PostgreSQL's DETAIL and WHERE (which may quote values) are left out.
