@@ -77,26 +77,23 @@ func NewEvents(pool *pgxpool.Pool) *Events { return &Events{pool: pool} }
 // tenant, the type and the expected version match; otherwise it inserts nothing and
 // answers what it found. A concurrent append of the same version fails on the UNIQUE
 // (aggregate_id, version) index. $4: >= 0 exact version, -1 any, -2 no stream.
-const appendSQL = `WITH p AS (
-	SELECT $1::uuid AS tenant, $2::varchar AS agg_type, $3::uuid AS agg, $4::bigint AS expected
-), cur AS (
-	SELECT e.version, e.tenant_id, e.aggregate_type FROM stored_events e, p
-	 WHERE e.aggregate_id = p.agg ORDER BY e.version DESC LIMIT 1
-), chk AS (
-	SELECT coalesce((SELECT version FROM cur), 0)::bigint AS v,
-	       (SELECT tenant_id FROM cur) AS t, (SELECT aggregate_type FROM cur) AS typ
+const appendSQL = `WITH chk AS (
+	SELECT coalesce(c.version, 0)::bigint AS v, c.tenant_id AS t, c.aggregate_type AS typ
+	  FROM (SELECT 1) one LEFT JOIN LATERAL (
+	       SELECT version, tenant_id, aggregate_type FROM stored_events
+	        WHERE aggregate_id = $3::uuid ORDER BY version DESC LIMIT 1) c ON true
 ), ins AS (
 	INSERT INTO stored_events (event_id, tenant_id, aggregate_type, aggregate_id, version,
 	                           event_type, event_data, occurred_at, metadata, position)
-	SELECT u.id, p.tenant, p.agg_type, p.agg, chk.v + u.ord, u.typ, u.dat::jsonb, u.occ, u.meta::jsonb,
+	SELECT u.id, $1::uuid, $2::varchar, $3::uuid, chk.v + u.ord, u.typ, u.dat::jsonb, u.occ, u.meta::jsonb,
 	       (pg_current_xact_id()::text::bigint << 10) + u.ord - 1
-	  FROM p, chk, unnest($5::uuid[], $6::varchar[], $7::text[], $8::text[], $9::timestamptz[])
+	  FROM chk, unnest($5::uuid[], $6::varchar[], $7::text[], $8::text[], $9::timestamptz[])
 	       WITH ORDINALITY AS u(id, typ, dat, meta, occ, ord)
-	 WHERE (chk.t IS NULL OR (chk.t = p.tenant AND chk.typ = p.agg_type))
-	   AND (p.expected = -1 OR chk.v = p.expected OR (p.expected = -2 AND chk.v = 0))
+	 WHERE (chk.t IS NULL OR (chk.t = $1::uuid AND chk.typ = $2::varchar))
+	   AND ($4::bigint = -1 OR chk.v = $4::bigint OR ($4::bigint = -2 AND chk.v = 0))
 	RETURNING position
 )
-SELECT chk.v, chk.t, chk.typ, (SELECT array_agg(position ORDER BY position) FROM ins) FROM chk`
+SELECT chk.v, chk.t, chk.typ, ARRAY(SELECT position FROM ins ORDER BY position) FROM chk`
 
 // Append appends req's events atomically with consecutive versions. The rows are the
 // outbox: the relay publishes them once committed.
@@ -125,7 +122,7 @@ func (s *Events) Append(ctx context.Context, req AppendRequest) (AppendResult, e
 			ids, types, data, meta, occurred).Scan(&cur, &owner, &aggType, &positions)
 		var pgErr *pgconn.PgError
 		switch {
-		case err == nil && positions != nil:
+		case err == nil && len(positions) > 0:
 			return AppendResult{Version: cur + int64(n), Positions: positions, PrevVersion: cur}, nil
 		case err == nil:
 			// Nothing inserted. A retry of an append that succeeded is answered its
