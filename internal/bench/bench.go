@@ -52,6 +52,9 @@ type Options struct {
 	Sizes    string
 	Only     string
 	Suite    string
+	// AggregateEvents and ReplayEvents size the LoadAggregate and ReplayEvents data.
+	AggregateEvents int
+	ReplayEvents    int
 	// CPUProfile, when set, is where a CPU profile of the run is written.
 	CPUProfile string
 }
@@ -77,8 +80,18 @@ func Main(args []string, out io.Writer) int {
 	fs.StringVar(&o.Sizes, "sizes", "200,1024", "payload sizes in bytes, comma-separated")
 	fs.StringVar(&o.Only, "only", "", "run only scenarios whose name contains this")
 	fs.StringVar(&o.Suite, "suite", "all", "which suite: publish, store or all")
+	fs.IntVar(&o.AggregateEvents, "aggregate-events", 10000, "events of the aggregates LoadAggregate is measured on (a multiple of 100)")
+	fs.IntVar(&o.ReplayEvents, "replay-events", 100000, "events of the tenant ReplayEvents is measured on (a multiple of 100)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if o.AggregateEvents < 100 || o.AggregateEvents%100 != 0 || o.ReplayEvents < 100 || o.ReplayEvents%100 != 0 {
+		fmt.Fprintln(os.Stderr, "bench: --aggregate-events and --replay-events must be multiples of 100")
+		return 2
+	}
+	if o.Suite != "all" && o.Suite != "publish" && o.Suite != "store" {
+		fmt.Fprintln(os.Stderr, "bench: --suite must be publish, store or all")
 		return 2
 	}
 	if o.CPUProfile != "" {
@@ -94,7 +107,7 @@ func Main(args []string, out io.Writer) int {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(o, out); err != nil {
+	if _, err := run(o, out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
@@ -110,17 +123,18 @@ type env struct {
 	cfg     config.Config
 }
 
-func run(o Options, out io.Writer) error {
+// run measures the suites o selects, prints the report to out and answers the results.
+func run(o Options, out io.Writer) (results []Result, err error) {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "eventgw-bench-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer os.RemoveAll(dir)
 	_ = os.Chmod(dir, 0o755)
 	stack, err := devstack.Start(ctx, devstack.Options{KafkaPorts: []int{0, 0, 0}, RegistryAddr: "127.0.0.1:0", DataDir: dir})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer stack.Close()
 	var cfg config.Config
@@ -133,7 +147,7 @@ func run(o Options, out io.Writer) error {
 	cfg.DatabaseURL = stack.DatabaseURL
 	a, err := app.Build(ctx, cfg, zap.NewNop())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -145,7 +159,7 @@ func run(o Options, out io.Writer) error {
 	for range 4 {
 		c, err := grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		e.conns = append(e.conns, c)
 		defer c.Close()
@@ -153,27 +167,28 @@ func run(o Options, out io.Writer) error {
 	e.events = eventgwv1.NewEventServiceClient(e.conns[0])
 	// Create the topic before measuring.
 	if _, err := e.events.Publish(ctx, &eventgwv1.PublishRequest{Event: event(200, false)}); err != nil {
-		return fmt.Errorf("warm-up publish: %w", err)
+		return nil, fmt.Errorf("warm-up publish: %w", err)
 	}
 
 	fmt.Fprintf(out, "eventgw bench: %d cores (GOMAXPROCS %d), %s, kfake 3 brokers in this process, %v per scenario\n\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), o.Duration)
-	var results []Result
 	if o.Suite == "store" || o.Suite == "all" {
 		rs, err := e.storeSuite(ctx, o)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		reportStore(out, rs)
+		results = append(results, rs...)
 		if o.Suite == "store" {
-			return nil
+			return results, nil
 		}
 		fmt.Fprintln(out)
 	}
+	var pubResults []Result
 	for _, sz := range strings.Split(o.Sizes, ",") {
 		size, err := strconv.Atoi(strings.TrimSpace(sz))
 		if err != nil {
-			return fmt.Errorf("--sizes: %w", err)
+			return nil, fmt.Errorf("--sizes: %w", err)
 		}
 		for _, sc := range scenarios(e, size) {
 			if o.Only != "" && !strings.Contains(sc.name, o.Only) {
@@ -181,15 +196,15 @@ func run(o Options, out io.Writer) error {
 			}
 			r, err := sc.run(o.Duration)
 			if err != nil {
-				return fmt.Errorf("%s: %w", sc.name, err)
+				return nil, fmt.Errorf("%s: %w", sc.name, err)
 			}
 			r.Name, r.Size = sc.name, size
-			results = append(results, r)
+			pubResults = append(pubResults, r)
 			fmt.Fprintf(os.Stderr, "  %-42s %6d B  %10.0f ev/s  p50 %-9v p99 %-9v errors %d\n", r.Name, size, r.Rate(), r.P50, r.P99, r.Errors)
 		}
 	}
-	report(out, results)
-	return nil
+	report(out, pubResults)
+	return append(results, pubResults...), nil
 }
 
 type scenario struct {

@@ -99,7 +99,7 @@ func (e *env) storeSuite(ctx context.Context, o Options) ([]Result, error) {
 		}
 	}
 	if o.Only == "" || strings.Contains("load replay", o.Only) {
-		more, err := se.loadAndReplay(ctx, d)
+		more, err := se.loadAndReplay(ctx, d, o.AggregateEvents, o.ReplayEvents)
 		if err != nil {
 			return nil, err
 		}
@@ -243,10 +243,10 @@ func (se *storeEnv) outboxLatency(d time.Duration) (Result, error) {
 	return res, nil
 }
 
-// loadAndReplay builds two 10,000-event aggregates (one with snapshots every 100, one
-// without) and a tenant with 100,000 events, then measures LoadAggregate, the raw read
-// of 10,000 events, and ReplayEvents against a raw ordered SELECT.
-func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration) ([]Result, error) {
+// loadAndReplay builds two aggregates of aggEvents events (one with snapshots every 100,
+// one without) and a tenant with replayEvents events, then measures LoadAggregate, the
+// raw read of the aggregate's events, and ReplayEvents against a raw ordered SELECT.
+func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration, aggEvents, replayEvents int) ([]Result, error) {
 	tenant := uuid.NewString()
 	withSnap, noSnap := uuid.NewString(), uuid.NewString()
 	for _, agg := range []string{withSnap, noSnap} {
@@ -254,25 +254,25 @@ func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration) ([]Resul
 		if agg == noSnap {
 			client = se.noSnap
 		}
-		for v := 0; v < 10000; v += 100 {
+		for v := 0; v < aggEvents; v += 100 {
 			if _, err := client.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{TenantId: tenant, AggregateType: "Bench", AggregateId: agg,
 				ExpectedVersion: anyVersion, Events: newEvents(100)}); err != nil {
 				return nil, err
 			}
 		}
 	}
-	// Wait for the automatic snapshot at 10,000.
+	// Wait for the automatic snapshot at the last version.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		l, err := se.store.LoadAggregate(ctx, &eventgwv1.LoadAggregateRequest{TenantId: tenant, AggregateId: withSnap, Raw: true})
 		if err != nil {
 			return nil, err
 		}
-		if l.GetSnapshotVersion() == 10000 {
+		if l.GetSnapshotVersion() == int64(aggEvents) {
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no snapshot at 10000 (latest %d)", l.GetSnapshotVersion())
+			return nil, fmt.Errorf("no snapshot at %d (latest %d)", aggEvents, l.GetSnapshotVersion())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -293,19 +293,19 @@ func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration) ([]Resul
 		out = append(out, r)
 		return nil
 	}
-	if err := timed("gateway LoadAggregate 10k events, snapshots every 100", 2000, 1, func() error {
+	if err := timed("gateway LoadAggregate, snapshots every 100", 2000, 1, func() error {
 		_, err := se.store.LoadAggregate(ctx, &eventgwv1.LoadAggregateRequest{TenantId: tenant, AggregateId: withSnap})
 		return err
 	}); err != nil {
 		return nil, err
 	}
-	if err := timed("gateway LoadAggregate 10k events, no snapshot", 50, 1, func() error {
+	if err := timed("gateway LoadAggregate, no snapshot", 50, 1, func() error {
 		_, err := se.noSnap.LoadAggregate(ctx, &eventgwv1.LoadAggregateRequest{TenantId: tenant, AggregateId: noSnap})
 		return err
 	}); err != nil {
 		return nil, err
 	}
-	if err := timed("raw pgx read 10k events of one aggregate", 50, 1, func() error {
+	if err := timed("raw pgx read all events of one aggregate", 50, 1, func() error {
 		rows, err := se.pool.Query(ctx, `SELECT event_id, version, event_type, event_data, occurred_at FROM stored_events WHERE aggregate_id = $1 ORDER BY version`, noSnap)
 		if err != nil {
 			return err
@@ -315,7 +315,7 @@ func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration) ([]Resul
 			n++
 		}
 		rows.Close()
-		if n != 10000 {
+		if n != aggEvents {
 			return fmt.Errorf("%d rows", n)
 		}
 		return rows.Err()
@@ -324,13 +324,14 @@ func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration) ([]Resul
 	}
 	// Replay: a tenant with 100,000 events.
 	rtenant := uuid.NewString()
-	for i := 0; i < 1000; i++ {
+	for i := 0; i < replayEvents/100; i++ {
 		if _, err := se.store.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{TenantId: rtenant, AggregateType: "Bench", AggregateId: uuid.NewString(),
 			ExpectedVersion: anyVersion, Events: newEvents(100)}); err != nil {
 			return nil, err
 		}
 	}
-	if err := timed("gateway ReplayEvents 100k events, data_as_json", 20, 100000, func() error {
+	re := int64(replayEvents)
+	if err := timed("gateway ReplayEvents, data_as_json", 20, re, func() error {
 		st, err := se.store.ReplayEvents(ctx, &eventgwv1.ReplayEventsRequest{TenantId: rtenant, DataAsJson: true})
 		if err != nil {
 			return err
@@ -346,14 +347,14 @@ func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration) ([]Resul
 			}
 			n += len(r.GetEvents())
 		}
-		if n != 100000 {
+		if n != replayEvents {
 			return fmt.Errorf("replayed %d events", n)
 		}
 		return nil
 	}); err != nil {
 		return nil, err
 	}
-	if err := timed("gateway ReplayEvents 100k events, Struct", 5, 100000, func() error {
+	if err := timed("gateway ReplayEvents, Struct", 5, re, func() error {
 		st, err := se.store.ReplayEvents(ctx, &eventgwv1.ReplayEventsRequest{TenantId: rtenant})
 		if err != nil {
 			return err
@@ -368,7 +369,7 @@ func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration) ([]Resul
 	}); err != nil {
 		return nil, err
 	}
-	if err := timed("raw pgx SELECT 100k events in position order", 20, 100000, func() error {
+	if err := timed("raw pgx SELECT the same events in position order", 20, re, func() error {
 		rows, err := se.pool.Query(ctx, `SELECT event_id, tenant_id, aggregate_type, aggregate_id, version, event_type, event_data, metadata, occurred_at, recorded_at, position
 			FROM stored_events WHERE tenant_id = $1 ORDER BY position`, rtenant)
 		if err != nil {
@@ -384,7 +385,7 @@ func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration) ([]Resul
 			}
 			n++
 		}
-		if n != 100000 {
+		if n != replayEvents {
 			return fmt.Errorf("%d rows", n)
 		}
 		return rows.Err()
@@ -416,7 +417,7 @@ func reportStore(out io.Writer, rs []Result) {
 		case strings.HasPrefix(r.Name, "gateway AppendEvents 100 events"):
 			base = find("raw pgx INSERT 100 rows/tx, 1 conn")
 		case strings.HasPrefix(r.Name, "gateway ReplayEvents"):
-			base = find("raw pgx SELECT 100k events in position order")
+			base = find("raw pgx SELECT the same events in position order")
 		}
 		if base != nil {
 			ratio = fmt.Sprintf("%.2fx", r.Rate()/base.Rate())
