@@ -121,6 +121,37 @@ type env struct {
 	dbURL   string
 	stack   *devstack.Stack
 	cfg     config.Config
+	// domain of the running scenario: its events go to healthtech.<domain>.events.
+	domain string
+	seq    int
+}
+
+func (e *env) topic() string { return "healthtech." + e.domain + ".events" }
+
+// freshTopic gives the next scenario a topic of its own, created by the gateway (so
+// direct producers write to the same settings) and empty.
+func (e *env) freshTopic(ctx context.Context) error {
+	e.seq++
+	e.domain = "bench" + strconv.Itoa(e.seq)
+	if _, err := e.events.Publish(ctx, &eventgwv1.PublishRequest{Event: e.event(200, false)}); err != nil {
+		return fmt.Errorf("create the scenario's topic: %w", err)
+	}
+	return nil
+}
+
+// dropTopic deletes the scenario's topic, freeing what kfake holds of it.
+func (e *env) dropTopic() {
+	cl, err := sarama.NewClient(e.brokers, sarama.NewConfig())
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	adm, err := sarama.NewClusterAdminFromClient(cl)
+	if err != nil {
+		return
+	}
+	_ = adm.DeleteTopic(e.topic())
+	runtime.GC()
 }
 
 // run measures the suites o selects, prints the report to out and answers the results.
@@ -166,9 +197,6 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 	}
 	e.events = eventgwv1.NewEventServiceClient(e.conns[0])
 	// Create the topic before measuring.
-	if _, err := e.events.Publish(ctx, &eventgwv1.PublishRequest{Event: event(200, false)}); err != nil {
-		return nil, fmt.Errorf("warm-up publish: %w", err)
-	}
 
 	fmt.Fprintf(out, "eventgw bench: %d cores (GOMAXPROCS %d), %s, kfake 3 brokers in this process, %v per scenario\n\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), o.Duration)
@@ -194,7 +222,11 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 			if o.Only != "" && !strings.Contains(sc.name, o.Only) {
 				continue
 			}
+			if err := e.freshTopic(ctx); err != nil {
+				return nil, err
+			}
 			r, err := sc.run(o.Duration)
+			e.dropTopic()
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", sc.name, err)
 			}
@@ -224,9 +256,10 @@ func scenarios(e *env, size int) []scenario {
 		{"gateway Publish, 64 callers, Struct", func(d time.Duration) (Result, error) { return e.publish(d, size, 64, true) }},
 		{"gateway PublishBatch 100, 16 callers, payload_json", func(d time.Duration) (Result, error) { return e.batch(d, size, 100, 16, false) }},
 		{"gateway PublishBatch 100, 16 callers, Struct", func(d time.Duration) (Result, error) { return e.batch(d, size, 100, 16, true) }},
-		{"gateway PublishStream 100/req, payload_json", func(d time.Duration) (Result, error) { return e.stream(d, size, 100, 16, false) }},
-		{"gateway PublishStream 100/req, Struct", func(d time.Duration) (Result, error) { return e.stream(d, size, 100, 16, true) }},
-		{"gateway PublishStream 1/req, payload_json", func(d time.Duration) (Result, error) { return e.stream(d, size, 1, 2000, false) }},
+		{"gateway PublishStream 100/req, payload_json", func(d time.Duration) (Result, error) { return e.streams(d, size, 100, 16, false, 1) }},
+		{"gateway PublishStream 100/req, Struct", func(d time.Duration) (Result, error) { return e.streams(d, size, 100, 16, true, 1) }},
+		{"gateway 4 PublishStreams 100/req, payload_json", func(d time.Duration) (Result, error) { return e.streams(d, size, 100, 8, false, 4) }},
+		{"gateway PublishStream 1/req, payload_json", func(d time.Duration) (Result, error) { return e.streams(d, size, 1, 2000, false, 1) }},
 	}
 }
 
@@ -240,8 +273,10 @@ func payloadJSON(size int) []byte {
 	return []byte(strings.Replace(base, `"note":""`, `"note":"`+strings.Repeat("x", pad)+`"`, 1))
 }
 
-func event(size int, asStruct bool) *eventgwv1.Event {
-	ev := &eventgwv1.Event{EventType: "bench.measured", TenantId: nextTenant(), SourceService: "bench"}
+// event is an event of the running scenario's domain (each scenario has its own topic,
+// deleted after it, so that no scenario pays for the data of the ones before).
+func (e *env) event(size int, asStruct bool) *eventgwv1.Event {
+	ev := &eventgwv1.Event{EventType: e.domain + ".measured", TenantId: nextTenant(), SourceService: "bench"}
 	raw := payloadJSON(size)
 	if asStruct {
 		var m map[string]any
@@ -312,7 +347,7 @@ func (e *env) client(i int) eventgwv1.EventServiceClient {
 func (e *env) publish(d time.Duration, size, callers int, asStruct bool) (Result, error) {
 	evs := make([]*eventgwv1.Event, len(tenants))
 	for i := range evs {
-		evs[i] = event(size, asStruct)
+		evs[i] = e.event(size, asStruct)
 	}
 	var n atomic.Int64
 	return loop(d, callers, func(lat *[]time.Duration) (int64, int64) {
@@ -331,7 +366,7 @@ func (e *env) publish(d time.Duration, size, callers int, asStruct bool) (Result
 func (e *env) batch(d time.Duration, size, per, callers int, asStruct bool) (Result, error) {
 	evs := make([]*eventgwv1.Event, per)
 	for i := range evs {
-		evs[i] = event(size, asStruct)
+		evs[i] = e.event(size, asStruct)
 	}
 	var n atomic.Int64
 	return loop(d, callers, func(lat *[]time.Duration) (int64, int64) {
@@ -354,15 +389,41 @@ func (e *env) batch(d time.Duration, size, per, callers int, asStruct bool) (Res
 	}), nil
 }
 
+// streams runs n PublishStreams at once (on separate connections) and adds them up.
+func (e *env) streams(d time.Duration, size, per, window int, asStruct bool, n int) (Result, error) {
+	results := make([]Result, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = e.stream(e.client(i), d, size, per, window, asStruct)
+		}()
+	}
+	wg.Wait()
+	var total Result
+	for i, r := range results {
+		if errs[i] != nil {
+			return Result{}, errs[i]
+		}
+		total.Events += r.Events
+		total.Errors += r.Errors
+		total.Elapsed = max(total.Elapsed, r.Elapsed)
+		total.P50, total.P99 = max(total.P50, r.P50), max(total.P99, r.P99)
+	}
+	return total, nil
+}
+
 // stream keeps window requests in flight on one PublishStream.
-func (e *env) stream(d time.Duration, size, per, window int, asStruct bool) (Result, error) {
+func (e *env) stream(client eventgwv1.EventServiceClient, d time.Duration, size, per, window int, asStruct bool) (Result, error) {
 	evs := make([]*eventgwv1.Event, per)
 	for i := range evs {
-		evs[i] = event(size, asStruct)
+		evs[i] = e.event(size, asStruct)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st, err := e.events.PublishStream(ctx)
+	st, err := client.PublishStream(ctx)
 	if err != nil {
 		return Result{}, err
 	}
@@ -430,7 +491,7 @@ func (e *env) saramaClient() (sarama.Client, error) {
 }
 
 func (e *env) message(size int) *sarama.ProducerMessage {
-	return &sarama.ProducerMessage{Topic: "healthtech.bench.events", Key: sarama.StringEncoder(nextTenant()),
+	return &sarama.ProducerMessage{Topic: e.topic(), Key: sarama.StringEncoder(nextTenant()),
 		Value: sarama.ByteEncoder(payloadJSON(size))}
 }
 
@@ -495,10 +556,10 @@ func (e *env) asyncDirect(d time.Duration, size int, withHeaders bool) (Result, 
 		if i%256 == 0 && time.Now().After(deadline) {
 			break
 		}
-		m := &sarama.ProducerMessage{Topic: "healthtech.bench.events", Key: sarama.StringEncoder(nextTenant()), Value: value}
+		m := &sarama.ProducerMessage{Topic: e.topic(), Key: sarama.StringEncoder(nextTenant()), Value: value}
 		if withHeaders {
 			id, _ := uuid.NewV7()
-			ev := gwevent.Event{ID: id.String(), Type: "bench.measured", TenantID: string(m.Key.(sarama.StringEncoder)),
+			ev := gwevent.Event{ID: id.String(), Type: e.domain + ".measured", TenantID: string(m.Key.(sarama.StringEncoder)),
 				Source: "bench", CorrelationID: id.String(), Time: time.Now()}
 			m.Headers = ev.Headers("")
 		}
@@ -533,7 +594,7 @@ func ratio(r Result, rs []Result) string {
 		return nil
 	}
 	switch {
-	case strings.HasPrefix(r.Name, "gateway PublishBatch"), strings.HasPrefix(r.Name, "gateway PublishStream"):
+	case strings.Contains(r.Name, "PublishBatch"), strings.Contains(r.Name, "PublishStream"):
 		b, h := find("direct sarama AsyncProducer"), find("direct sarama AsyncProducer, CloudEvents headers")
 		if b != nil && h != nil {
 			return fmt.Sprintf("%.2fx async (%.2fx same records)", r.Rate()/b.Rate(), r.Rate()/h.Rate())

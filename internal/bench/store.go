@@ -117,7 +117,7 @@ func os2() io.Writer { return os.Stderr }
 func newEvents(n int) []*eventgwv1.NewEvent {
 	evs := make([]*eventgwv1.NewEvent, n)
 	for i := range evs {
-		evs[i] = &eventgwv1.NewEvent{EventType: "bench.updated", Body: &eventgwv1.NewEvent_DataJson{DataJson: eventData}}
+		evs[i] = &eventgwv1.NewEvent{EventType: "benchstore.updated", Body: &eventgwv1.NewEvent_DataJson{DataJson: eventData}}
 	}
 	return evs
 }
@@ -176,7 +176,7 @@ func (se *storeEnv) rawInsert(d time.Duration, conns, per int) (Result, error) {
 
 // outboxLatency appends one event at a time and measures until a Kafka consumer has it.
 func (se *storeEnv) outboxLatency(d time.Duration) (Result, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(se.brokers...), kgo.ConsumeTopics("healthtech.bench.events"),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(se.brokers...), kgo.ConsumeTopics("healthtech.benchstore.events"),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()), kgo.FetchMaxWait(50*time.Millisecond))
 	if err != nil {
 		return Result{}, err
@@ -217,7 +217,7 @@ func (se *storeEnv) outboxLatency(d time.Duration) (Result, error) {
 	start := time.Now()
 	for time.Since(start) < d {
 		id := uuid.NewString()
-		ev := &eventgwv1.NewEvent{EventId: id, EventType: "bench.updated", Body: &eventgwv1.NewEvent_DataJson{DataJson: eventData}}
+		ev := &eventgwv1.NewEvent{EventId: id, EventType: "benchstore.updated", Body: &eventgwv1.NewEvent_DataJson{DataJson: eventData}}
 		mu.Lock()
 		sent[id] = time.Now()
 		mu.Unlock()
