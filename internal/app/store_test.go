@@ -52,14 +52,20 @@ func readAll(t *testing.T, s *sidecar, tenant, agg string) []*eventgwv1.StoredEv
 	if err != nil {
 		t.Fatal(err)
 	}
+	return drain(t, st.Recv)
+}
+
+// drain collects the events of every page of a stream until it ends.
+func drain[R interface{ GetEvents() []*eventgwv1.StoredEvent }](t *testing.T, recv func() (R, error)) []*eventgwv1.StoredEvent {
+	t.Helper()
 	var out []*eventgwv1.StoredEvent
 	for {
-		r, err := st.Recv()
+		r, err := recv()
 		if err == io.EOF {
 			return out
 		}
 		if err != nil {
-			t.Fatalf("read aggregate: %v", err)
+			t.Fatalf("stream: %v", err)
 		}
 		out = append(out, r.GetEvents()...)
 	}
@@ -305,17 +311,7 @@ func replayAll(t *testing.T, s *sidecar, req *eventgwv1.ReplayEventsRequest) []*
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*eventgwv1.StoredEvent
-	for {
-		r, err := st.Recv()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatalf("replay: %v", err)
-		}
-		out = append(out, r.GetEvents()...)
-	}
+	return drain(t, st.Recv)
 }
 
 func TestAppendBadInputWritesNothing(t *testing.T) {

@@ -181,14 +181,11 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 	cfg.KafkaBrokers = strings.Join(stack.Brokers(), ",")
 	cfg.SchemaRegistryURL = stack.RegistryURL
 	cfg.DatabaseURL = stack.DatabaseURL
-	a, err := app.Build(ctx, cfg, zap.NewNop())
+	a, stop, err := startApp(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	defer stop()
 
 	e := &env{brokers: stack.Brokers(), dbURL: stack.DatabaseURL, stack: stack, cfg: cfg}
 	// Several connections, as several app processes or a pooled client would have.
@@ -625,4 +622,16 @@ func ratio(r Result, rs []Result) string {
 		}
 	}
 	return "-"
+}
+
+// startApp builds and runs a sidecar; stop shuts it down and waits for it.
+func startApp(ctx context.Context, cfg config.Config) (*app.App, func(), error) {
+	a, err := app.Build(ctx, cfg, zap.NewNop())
+	if err != nil {
+		return nil, nil, err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	return a, func() { cancel(); <-done }, nil
 }

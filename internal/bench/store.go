@@ -16,13 +16,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
-	"github.com/eventgw/eventgw/internal/app"
 )
 
 // eventData is ~400 bytes of JSON, the size PERF-NOTES measured PostgreSQL with.
@@ -50,14 +48,11 @@ func (e *env) storeSuite(ctx context.Context, o Options) ([]Result, error) {
 	}
 	cfg := e.cfg
 	cfg.SnapshotEvery = 0
-	a, err := app.Build(ctx, cfg, zap.NewNop())
+	a, stop, err := startApp(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- a.Run(runCtx) }()
-	defer func() { stop(); <-done }()
+	defer stop()
 	conn, err := grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err

@@ -229,24 +229,34 @@ func (s *Events) ReadAggregate(ctx context.Context, tenantID, aggregateID string
 	if from < 1 {
 		from = 1
 	}
-	for {
+	return paged(func(prev []StoredEvent) ([]StoredEvent, int64, error) {
+		if prev != nil {
+			from = prev[len(prev)-1].Version + 1
+		}
 		// The tenant owns the aggregate (checked above): all its events are the tenant's.
 		batch, err := s.events(ctx, `SELECT `+eventColumns+` FROM stored_events
 			WHERE aggregate_id = $1 AND version >= $2 ORDER BY version LIMIT $3`,
 			aggregateID, from, page)
-		if err != nil {
+		return batch, int64(page), err
+	}, fn)
+}
+
+// paged calls fn with each page next reads (next gets the previous page, nil at first,
+// and answers a page and the size asked for), until a page comes back short.
+func paged(next func(prev []StoredEvent) ([]StoredEvent, int64, error), fn func([]StoredEvent) error) error {
+	var prev []StoredEvent
+	for {
+		batch, limit, err := next(prev)
+		if err != nil || len(batch) == 0 {
 			return err
-		}
-		if len(batch) == 0 {
-			return nil
 		}
 		if err := fn(batch); err != nil {
 			return err
 		}
-		if len(batch) < page {
+		if int64(len(batch)) < limit {
 			return nil
 		}
-		from = batch[len(batch)-1].Version + 1
+		prev = batch
 	}
 }
 
@@ -444,13 +454,17 @@ func (s *Events) Replay(ctx context.Context, f ReplayFilter, page int, fn func([
 	if f.AggregateType != "" {
 		aggType = &f.AggregateType
 	}
-	for {
+	return paged(func(prev []StoredEvent) ([]StoredEvent, int64, error) {
+		if prev != nil {
+			sent += int64(len(prev))
+			after = prev[len(prev)-1].Position
+		}
 		limit := int64(page)
 		if f.Limit > 0 && f.Limit-sent < limit {
 			limit = f.Limit - sent
 		}
 		if limit <= 0 {
-			return nil
+			return nil, 0, nil
 		}
 		batch, err := s.events(ctx, `SELECT `+eventColumns+` FROM stored_events
 			WHERE tenant_id = $1 AND position > $2
@@ -461,19 +475,6 @@ func (s *Events) Replay(ctx context.Context, f ReplayFilter, page int, fn func([
 			  AND ($6::varchar IS NULL OR aggregate_type = $6)
 			ORDER BY position LIMIT $7`,
 			f.TenantID, after, from, to, types, aggType, limit)
-		if err != nil {
-			return err
-		}
-		if len(batch) == 0 {
-			return nil
-		}
-		if err := fn(batch); err != nil {
-			return err
-		}
-		sent += int64(len(batch))
-		after = batch[len(batch)-1].Position
-		if int64(len(batch)) < limit {
-			return nil
-		}
-	}
+		return batch, limit, err
+	}, fn)
 }
