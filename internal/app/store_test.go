@@ -56,7 +56,9 @@ func readAll(t *testing.T, s *sidecar, tenant, agg string) []*eventgwv1.StoredEv
 }
 
 // drain collects the events of every page of a stream until it ends.
-func drain[R interface{ GetEvents() []*eventgwv1.StoredEvent }](t *testing.T, recv func() (R, error)) []*eventgwv1.StoredEvent {
+func drain[R interface {
+	GetEvents() []*eventgwv1.StoredEvent
+}](t *testing.T, recv func() (R, error)) []*eventgwv1.StoredEvent {
 	t.Helper()
 	var out []*eventgwv1.StoredEvent
 	for {
