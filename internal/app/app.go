@@ -216,7 +216,7 @@ func listen(addr string) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 		}
 	}
-	l, err := net.Listen(network, addr)
+	l, err := (&net.ListenConfig{}).Listen(context.Background(), network, addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}

@@ -42,8 +42,10 @@ func TestPrometheusAlerts(t *testing.T) {
 		t.Fatalf("alerts.yml: %v", err)
 	}
 	s := startSidecar(t, nil)
-	if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: &eventgwv1.Event{EventType: "patient.created", TenantId: tenantA,
-		Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)}}}); err != nil {
+	if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: &eventgwv1.Event{
+		EventType: "patient.created", TenantId: tenantA,
+		Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)},
+	}}); err != nil {
 		t.Fatal(err)
 	}
 	// And one refused, so that the error counter has a series.

@@ -130,9 +130,11 @@ func runSidecar(t *testing.T, cfg config.Config) *sidecar {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &sidecar{t: t, app: a, conn: conn, events: eventgwv1.NewEventServiceClient(conn), logs: logs,
+	s := &sidecar{
+		t: t, app: a, conn: conn, events: eventgwv1.NewEventServiceClient(conn), logs: logs,
 		store: eventgwv1.NewEventStoreServiceClient(conn),
-		stop:  stop, done: done, dbURL: cfg.DatabaseURL, registry: cfg.SchemaRegistryURL}
+		stop:  stop, done: done, dbURL: cfg.DatabaseURL, registry: cfg.SchemaRegistryURL,
+	}
 	t.Cleanup(func() {
 		_ = conn.Close()
 		s.shutdown()

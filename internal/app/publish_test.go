@@ -354,8 +354,10 @@ func TestBadInputIsRefusedAndNothingSent(t *testing.T) {
 	})
 	ctx := callCtx(t)
 	ok := func() *eventgwv1.Event {
-		return &eventgwv1.Event{EventType: "patient.created", TenantId: tenantA,
-			Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"a":1}`)}}
+		return &eventgwv1.Event{
+			EventType: "patient.created", TenantId: tenantA,
+			Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"a":1}`)},
+		}
 	}
 	with := func(f func(e *eventgwv1.Event)) *eventgwv1.Event { e := ok(); f(e); return e }
 	single := map[string]struct {
@@ -424,8 +426,10 @@ func TestBadInputIsRefusedAndNothingSent(t *testing.T) {
 func TestRequireSchemas(t *testing.T) {
 	s := startSidecar(t, func(c *config.Config) { c.RequireSchemas = true })
 	ctx := callCtx(t)
-	ev := &eventgwv1.Event{EventType: "patient.created", TenantId: tenantA,
-		Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"patient_id":"1d2c3b4a-5e6f-4a8b-9c0d-1e2f3a4b5c6d","first_name":"A","age":1}`)}}
+	ev := &eventgwv1.Event{
+		EventType: "patient.created", TenantId: tenantA,
+		Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"patient_id":"1d2c3b4a-5e6f-4a8b-9c0d-1e2f3a4b5c6d","first_name":"A","age":1}`)},
+	}
 	_, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: ev})
 	assertInvalid(t, "unregistered type", err, "event_type")
 	if _, err := s.events.RegisterSchema(ctx, &eventgwv1.RegisterSchemaRequest{EventType: "patient.created", Schema: patientSchema}); err != nil {
@@ -440,8 +444,10 @@ func TestTopicSettings(t *testing.T) {
 	s := startSidecar(t, nil)
 	ctx := callCtx(t)
 	for _, typ := range []string{"patient.created", "clinical.lab_result"} {
-		if _, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: &eventgwv1.Event{EventType: typ, TenantId: tenantA,
-			Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)}}}); err != nil {
+		if _, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: &eventgwv1.Event{
+			EventType: typ, TenantId: tenantA,
+			Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)},
+		}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -607,8 +613,10 @@ func TestHealthReflectionMetricsAndUnimplemented(t *testing.T) {
 	if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health: %v %v", hc, err)
 	}
-	if _, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: &eventgwv1.Event{EventType: "patient.created", TenantId: tenantA,
-		SourceService: "prm-service", Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)}}}); err != nil {
+	if _, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: &eventgwv1.Event{
+		EventType: "patient.created", TenantId: tenantA,
+		SourceService: "prm-service", Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)},
+	}}); err != nil {
 		t.Fatal(err)
 	}
 	body := httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics")
@@ -633,8 +641,10 @@ func TestHealthReflectionMetricsAndUnimplemented(t *testing.T) {
 func TestUnixSocket(t *testing.T) {
 	sock := t.TempDir() + "/eventgw.sock"
 	s := startSidecar(t, func(c *config.Config) { c.GRPCAddr = "unix://" + sock })
-	if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: &eventgwv1.Event{EventType: "patient.created", TenantId: tenantA,
-		Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)}}}); err != nil {
+	if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: &eventgwv1.Event{
+		EventType: "patient.created", TenantId: tenantA,
+		Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)},
+	}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -667,7 +677,7 @@ func TestUnreachableDependenciesFailFast(t *testing.T) {
 
 func httpGet(t *testing.T, url string) string {
 	t.Helper()
-	resp, err := http.Get(url) //nolint:noctx // test helper
+	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}

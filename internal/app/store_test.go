@@ -92,8 +92,10 @@ func TestAppendLoadAndMergePatchFold(t *testing.T) {
 	ctx := callCtx(t)
 	agg := uuid.NewString()
 	r, err := s.store.AppendEvents(ctx, appendReq(tenantA, agg, noStream,
-		newEv(t, "patient.created", map[string]any{"first_name": "John", "last_name": "Doe", "email": "john@example.com",
-			"address": map[string]any{"city": "Oslo", "zip": "0150"}}),
+		newEv(t, "patient.created", map[string]any{
+			"first_name": "John", "last_name": "Doe", "email": "john@example.com",
+			"address": map[string]any{"city": "Oslo", "zip": "0150"},
+		}),
 		newEv(t, "patient.updated", map[string]any{"email": "jd@example.com", "phone": "555"}),
 	))
 	if err != nil {
@@ -111,8 +113,10 @@ func TestAppendLoadAndMergePatchFold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]any{"first_name": "John", "last_name": "Doe", "email": "jd@example.com",
-		"address": map[string]any{"city": "Oslo", "street": "Main 1"}}
+	want := map[string]any{
+		"first_name": "John", "last_name": "Doe", "email": "jd@example.com",
+		"address": map[string]any{"city": "Oslo", "street": "Main 1"},
+	}
 	if !reflect.DeepEqual(l.GetState().AsMap(), want) || l.GetVersion() != 3 || l.GetEventsFolded() != 3 || l.GetAggregateType() != "Patient" {
 		t.Fatalf("load: %v, want state %v", l, want)
 	}
@@ -293,8 +297,10 @@ func TestTenantIsolation(t *testing.T) {
 	if _, err := st.Recv(); status.Code(err) != codes.NotFound {
 		t.Errorf("read: %v", err)
 	}
-	if _, err := s.store.SaveSnapshot(ctx, &eventgwv1.SaveSnapshotRequest{TenantId: tenantB, AggregateId: agg, Version: 1,
-		State: mustStruct(t, map[string]any{})}); status.Code(err) != codes.NotFound {
+	if _, err := s.store.SaveSnapshot(ctx, &eventgwv1.SaveSnapshotRequest{
+		TenantId: tenantB, AggregateId: agg, Version: 1,
+		State: mustStruct(t, map[string]any{}),
+	}); status.Code(err) != codes.NotFound {
 		t.Errorf("snapshot: %v", err)
 	}
 	for _, e := range replayAll(t, s, &eventgwv1.ReplayEventsRequest{TenantId: tenantB}) {
@@ -470,8 +476,10 @@ func TestReplayFiltersAndResume(t *testing.T) {
 	}
 	var all []rec
 	for i := range 60 {
-		r := rec{tenant: []string{tenantA, tenantB}[i%2], aggType: []string{"Patient", "Appointment"}[i%3%2],
-			typ: []string{"patient.created", "patient.updated", "appointment.booked"}[i%3], at: base.Add(time.Duration(i) * time.Hour)}
+		r := rec{
+			tenant: []string{tenantA, tenantB}[i%2], aggType: []string{"Patient", "Appointment"}[i%3%2],
+			typ: []string{"patient.created", "patient.updated", "appointment.booked"}[i%3], at: base.Add(time.Duration(i) * time.Hour),
+		}
 		ev := newEv(t, r.typ, map[string]any{"i": float64(i)})
 		ev.OccurredAt = timestamppb.New(r.at)
 		req := appendReq(r.tenant, uuid.NewString(), noStream, ev)

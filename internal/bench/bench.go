@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -468,7 +469,7 @@ func (e *env) stream(client eventgwv1.EventServiceClient, d time.Duration, size,
 	for {
 		resp, err := st.Recv()
 		if err != nil {
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				break
 			}
 			return Result{}, err
@@ -504,8 +505,10 @@ func (e *env) saramaClient() (sarama.Client, error) {
 }
 
 func (e *env) message(size int) *sarama.ProducerMessage {
-	return &sarama.ProducerMessage{Topic: e.topic(), Key: sarama.StringEncoder(nextTenant()),
-		Value: sarama.ByteEncoder(payloadJSON(size))}
+	return &sarama.ProducerMessage{
+		Topic: e.topic(), Key: sarama.StringEncoder(nextTenant()),
+		Value: sarama.ByteEncoder(payloadJSON(size)),
+	}
 }
 
 func (e *env) syncDirect(d time.Duration, size, callers int) (Result, error) {
@@ -572,8 +575,10 @@ func (e *env) asyncDirect(d time.Duration, size int, withHeaders bool) (Result, 
 		m := &sarama.ProducerMessage{Topic: e.topic(), Key: sarama.StringEncoder(nextTenant()), Value: value}
 		if withHeaders {
 			id, _ := uuid.NewV7()
-			ev := gwevent.Event{ID: id.String(), Type: e.domain + ".measured", TenantID: string(m.Key.(sarama.StringEncoder)),
-				Source: "bench", CorrelationID: id.String(), Time: time.Now()}
+			ev := gwevent.Event{
+				ID: id.String(), Type: e.domain + ".measured", TenantID: string(m.Key.(sarama.StringEncoder)),
+				Source: "bench", CorrelationID: id.String(), Time: time.Now(),
+			}
 			m.Headers = ev.Headers("")
 		}
 		ap.Input() <- m
@@ -633,5 +638,10 @@ func startApp(ctx context.Context, cfg config.Config) (*app.App, func(), error) 
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
-	return a, func() { cancel(); <-done }, nil
+	return a, func() {
+		cancel()
+		if err := <-done; err != nil {
+			fmt.Fprintln(os.Stderr, "bench: sidecar stopped with", err)
+		}
+	}, nil
 }

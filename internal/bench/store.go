@@ -184,8 +184,10 @@ func (se *storeEnv) outboxLatency(d time.Duration) (Result, error) {
 	defer cancel()
 	// Make sure the topic exists and the consumer is positioned before measuring.
 	evs := newEvents(1)
-	if _, err := se.store.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{TenantId: nextTenant(), AggregateType: "Bench",
-		AggregateId: uuid.NewString(), ExpectedVersion: anyVersion, Events: evs}); err != nil {
+	if _, err := se.store.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{
+		TenantId: nextTenant(), AggregateType: "Bench",
+		AggregateId: uuid.NewString(), ExpectedVersion: anyVersion, Events: evs,
+	}); err != nil {
 		return Result{}, err
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -216,8 +218,10 @@ func (se *storeEnv) outboxLatency(d time.Duration) (Result, error) {
 		mu.Lock()
 		sent[id] = time.Now()
 		mu.Unlock()
-		if _, err := se.store.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{TenantId: nextTenant(), AggregateType: "Bench",
-			AggregateId: uuid.NewString(), ExpectedVersion: anyVersion, Events: []*eventgwv1.NewEvent{ev}}); err != nil {
+		if _, err := se.store.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{
+			TenantId: nextTenant(), AggregateType: "Bench",
+			AggregateId: uuid.NewString(), ExpectedVersion: anyVersion, Events: []*eventgwv1.NewEvent{ev},
+		}); err != nil {
 			res.Errors++
 			continue
 		}
@@ -250,8 +254,10 @@ func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration, aggEvent
 			client = se.noSnap
 		}
 		for v := 0; v < aggEvents; v += 100 {
-			if _, err := client.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{TenantId: tenant, AggregateType: "Bench", AggregateId: agg,
-				ExpectedVersion: anyVersion, Events: newEvents(100)}); err != nil {
+			if _, err := client.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{
+				TenantId: tenant, AggregateType: "Bench", AggregateId: agg,
+				ExpectedVersion: anyVersion, Events: newEvents(100),
+			}); err != nil {
 				return nil, err
 			}
 		}
@@ -320,8 +326,10 @@ func (se *storeEnv) loadAndReplay(ctx context.Context, d time.Duration, aggEvent
 	// Replay: a tenant with 100,000 events.
 	rtenant := uuid.NewString()
 	for i := 0; i < replayEvents/100; i++ {
-		if _, err := se.store.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{TenantId: rtenant, AggregateType: "Bench", AggregateId: uuid.NewString(),
-			ExpectedVersion: anyVersion, Events: newEvents(100)}); err != nil {
+		if _, err := se.store.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{
+			TenantId: rtenant, AggregateType: "Bench", AggregateId: uuid.NewString(),
+			ExpectedVersion: anyVersion, Events: newEvents(100),
+		}); err != nil {
 			return nil, err
 		}
 	}

@@ -157,7 +157,9 @@ func (p *Postgres) Dir() string { return p.dir }
 
 // Stop shuts the cluster down (fast mode: open sessions are ended).
 func (p *Postgres) Stop() error {
-	cmd := exec.Command(p.pgCtl, "stop", "-D", p.dir, "-m", "fast", "-w", "-t", "60")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, p.pgCtl, "stop", "-D", p.dir, "-m", "fast", "-w", "-t", "60")
 	if err := p.run(cmd); err != nil {
 		return fmt.Errorf("pg_ctl stop: %w", err)
 	}
@@ -166,7 +168,9 @@ func (p *Postgres) Stop() error {
 
 // Kill stops the cluster abruptly, as a crash would (for fault tests).
 func (p *Postgres) Kill() error {
-	return p.run(exec.Command(p.pgCtl, "stop", "-D", p.dir, "-m", "immediate", "-w"))
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	return p.run(exec.CommandContext(ctx, p.pgCtl, "stop", "-D", p.dir, "-m", "immediate", "-w"))
 }
 
 // Restart starts a stopped cluster again with its previous settings.
@@ -229,11 +233,11 @@ func checkTraversable(dir string, cred *syscall.Credential) error {
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("pick a free port: %w", err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 

@@ -48,7 +48,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	s := &Stack{}
 	defer func() {
 		if err != nil {
-			s.Close()
+			_ = s.Close()
 		}
 	}()
 	if s.Kafka, err = StartKafka(opts.KafkaPorts...); err != nil {
@@ -99,7 +99,7 @@ func startRegistry(addr string) (*srfake.Registry, string, *http.Server, error) 
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
-	l, err := net.Listen("tcp", addr)
+	l, err := (&net.ListenConfig{}).Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("schema registry listen on %s: %w", addr, err)
 	}

@@ -21,7 +21,7 @@ func IsJSONObject(b []byte) bool {
 	return i < len(b) && b[i] == '{' && fastjson.ValidateBytes(b) == nil
 }
 
-// ErrNotJSON: a Struct holds a number JSON cannot represent (NaN or ±Inf).
+// ErrNotJSON means a Struct holds a number JSON cannot represent (NaN or ±Inf).
 var ErrNotJSON = errors.New("payload holds a NaN or infinite number, which JSON cannot represent")
 
 // AppendStructJSON appends s as compact JSON with sorted keys (the bytes encoding/json

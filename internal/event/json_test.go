@@ -15,7 +15,7 @@ func TestAppendStructJSONMatchesEncodingJSON(t *testing.T) {
 		{"a": "x", "b": 1.0, "c": true, "d": nil},
 		{"nested": map[string]any{"z": []any{1.5, "two", false, nil, map[string]any{}}, "a": []any{}}},
 		{"quote": `he said "hi"\`, "ctl": "a\nb\tc\r\x01\x1f", "uni": "héllo – ☃ 😀", "html": "<a href='x'>&</a>"},
-		{"nums": []any{0.0, -0.0, 1e20, 1e21, 1e-6, 1e-7, 123456789.125, -3.0, 2.5e-9, math.MaxFloat64, math.SmallestNonzeroFloat64}},
+		{"nums": []any{0.0, math.Copysign(0, -1), 1e20, 1e21, 1e-6, 1e-7, 123456789.125, -3.0, 2.5e-9, math.MaxFloat64, math.SmallestNonzeroFloat64}},
 	}
 	for _, m := range cases {
 		s, err := structpb.NewStruct(m)

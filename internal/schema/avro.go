@@ -214,8 +214,9 @@ func coercePrimitive(s *avro.PrimitiveSchema, v any, path string) (any, error) {
 			return nil, mismatch(path, "a string (bytes)", v)
 		}
 		return []byte(str), nil
+	default:
+		return nil, validate.Errorf(orPayload(path), "has an unsupported schema type %s", s.Type())
 	}
-	return nil, validate.Errorf(orPayload(path), "has an unsupported schema type %s", s.Type())
 }
 
 func integer(v any) (int64, bool) {

@@ -101,7 +101,7 @@ func (r *Registry) Ping(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w at %s: %w", ErrUnavailable, r.url, err)
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close()
 	if resp.StatusCode >= 500 {
 		return fmt.Errorf("%w at %s: HTTP %d", ErrUnavailable, r.url, resp.StatusCode)
 	}
@@ -134,8 +134,10 @@ func (r *Registry) Register(ctx context.Context, eventType, topic, text string) 
 	if err != nil {
 		return nil, r.registryErr(err)
 	}
-	s := &Schema{EventType: eventType, Subject: subject, ID: rs.ID(), Version: rs.Version(), Text: text,
-		RegisteredAt: time.Now().UTC(), avro: parsed, Ref: fmt.Sprintf("%s/schemas/ids/%d", r.url, rs.ID())}
+	s := &Schema{
+		EventType: eventType, Subject: subject, ID: rs.ID(), Version: rs.Version(), Text: text,
+		RegisteredAt: time.Now().UTC(), avro: parsed, Ref: fmt.Sprintf("%s/schemas/ids/%d", r.url, rs.ID()),
+	}
 	if s.Version == 0 {
 		// srclient's CreateSchema answers only the id; read the version back.
 		if got, err := r.client.LookupSchema(subject, text, srclient.Avro); err == nil {

@@ -119,10 +119,13 @@ func logCall(log *zap.Logger, method string, start time.Time, err error) {
 		lvl = zap.ErrorLevel
 	case codes.Unavailable, codes.DeadlineExceeded:
 		lvl = zap.WarnLevel
+	default: // the caller's mistake or choice: info
 	}
 	if ce := log.Check(lvl, "call failed"); ce != nil {
-		fields := []zap.Field{zap.String("method", method), zap.String("code", st.Code().String()),
-			zap.String("message", st.Message()), zap.Duration("duration", time.Since(start))}
+		fields := []zap.Field{
+			zap.String("method", method), zap.String("code", st.Code().String()),
+			zap.String("message", st.Message()), zap.Duration("duration", time.Since(start)),
+		}
 		if cause := logCause(err); cause != "" {
 			fields = append(fields, zap.String("cause", cause))
 		}

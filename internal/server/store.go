@@ -46,8 +46,10 @@ func NewEventStoreService(events *store.Events, snaps *store.Snapshotter, pub *p
 	if maxBatch > maxAppend {
 		maxBatch = maxAppend
 	}
-	return &EventStoreService{events: events, snapshots: snaps, pub: pub, relay: relay,
-		maxEvents: maxBatch, maxBytes: maxEventBytes, replayPage: 1000, toEvent: toEvent}
+	return &EventStoreService{
+		events: events, snapshots: snaps, pub: pub, relay: relay,
+		maxEvents: maxBatch, maxBytes: maxEventBytes, replayPage: 1000, toEvent: toEvent,
+	}
 }
 
 func validMetaKey(k string) bool {
@@ -188,8 +190,10 @@ func (s *EventStoreService) toNewEvent(e *eventgwv1.NewEvent, ar store.AppendReq
 	}
 	// The event will be published through the outbox: it must pass every publish check
 	// (domain, schema) now, or it would block its outbox shard later.
-	se := store.StoredEvent{EventID: ne.ID, TenantID: ar.TenantID, AggregateType: ar.AggregateType, AggregateID: ar.AggregateID,
-		Type: ne.Type, Data: ne.Data, Metadata: ne.Metadata, OccurredAt: ne.OccurredAt, Version: 1}
+	se := store.StoredEvent{
+		EventID: ne.ID, TenantID: ar.TenantID, AggregateType: ar.AggregateType, AggregateID: ar.AggregateID,
+		Type: ne.Type, Data: ne.Data, Metadata: ne.Metadata, OccurredAt: ne.OccurredAt, Version: 1,
+	}
 	pe := s.toEvent(&se)
 	if err := s.pub.Check(&pe); err != nil {
 		return ne, err
@@ -342,8 +346,10 @@ func (s *EventStoreService) SaveSnapshot(ctx context.Context, req *eventgwv1.Sav
 
 // ReplayEvents implements EventStoreService.ReplayEvents.
 func (s *EventStoreService) ReplayEvents(req *eventgwv1.ReplayEventsRequest, stream eventgwv1.EventStoreService_ReplayEventsServer) error {
-	f := store.ReplayFilter{TenantID: req.GetTenantId(), AggregateType: req.GetAggregateType(),
-		AfterPosition: req.GetAfterPosition(), Limit: req.GetLimit(), EventTypes: req.GetEventTypes()}
+	f := store.ReplayFilter{
+		TenantID: req.GetTenantId(), AggregateType: req.GetAggregateType(),
+		AfterPosition: req.GetAfterPosition(), Limit: req.GetLimit(), EventTypes: req.GetEventTypes(),
+	}
 	if err := validate.UUID("tenant_id", f.TenantID); err != nil {
 		return rewriteError(err)
 	}

@@ -28,7 +28,7 @@ func (e *ConflictError) Error() string {
 	return fmt.Sprintf("version conflict on aggregate %s: expected %s, current version is %d", e.AggregateID, e.Expected, e.Current)
 }
 
-// TypeMismatchError: the aggregate exists with another aggregate type.
+// TypeMismatchError says the aggregate exists with another aggregate type.
 type TypeMismatchError struct{ Stored string }
 
 func (e *TypeMismatchError) Error() string {
