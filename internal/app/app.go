@@ -188,7 +188,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		MaxRecvBytes: cfg.MaxRequestBytes, Registerer: a.Registry, Log: log,
 	}, server.Services{
 		Events: server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log),
-		EventStore: server.NewEventStoreService(a.Events, a.snapshots, pub, a.Relay, outbox.ToEvent,
+		EventStore: server.NewEventStoreService(a.Events, store.NewAppender(a.Events, cfg.AppendSlots), a.snapshots, pub, a.Relay, outbox.ToEvent,
 			cfg.MaxBatch, cfg.MaxEventBytes),
 	})
 	a.httpSrv = server.NewHTTP(a.Registry, []server.ReadyCheck{

@@ -50,6 +50,7 @@ type Config struct {
 	PublishTimeout  time.Duration
 	ShutdownGrace   time.Duration
 	SnapshotEvery   int
+	AppendSlots     int
 }
 
 // Register defines the serve flags on fs.
@@ -85,6 +86,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", 64<<20, "largest gRPC request message in bytes")
 	fs.BoolVar(&c.RequireSchemas, "require-schemas", false, "refuse events whose type has no registered schema")
 	fs.DurationVar(&c.PublishTimeout, "publish-timeout", 30*time.Second, "deadline of a publish call that brings none")
+	fs.IntVar(&c.AppendSlots, "append-slots", 1, "appends written at once; concurrent appends wait and are written together in one statement (group commit)")
 	fs.IntVar(&c.SnapshotEvery, "snapshot-every", 100, "write an aggregate snapshot automatically every this many events (0: never)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight calls get to finish on SIGINT/SIGTERM")
 }
@@ -124,7 +126,7 @@ func (c *Config) Validate() error {
 	if _, err := c.RetentionMap(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.MaxBatch < 1 || c.MaxEventBytes < 1 || c.Partitions < 1 || c.Replication < 1 || c.MinInsyncReplicas < 1 {
+	if c.MaxBatch < 1 || c.MaxEventBytes < 1 || c.AppendSlots < 1 || c.Partitions < 1 || c.Replication < 1 || c.MinInsyncReplicas < 1 {
 		errs = append(errs, fmt.Errorf("--max-batch, --max-event-bytes and the topic settings must be positive"))
 	}
 	if c.MaxRequestBytes < c.MaxEventBytes+4096 {

@@ -29,6 +29,7 @@ type Kicker interface{ Kick() }
 type EventStoreService struct {
 	eventgwv1.UnimplementedEventStoreServiceServer
 	events     *store.Events
+	appender   *store.Appender
 	snapshots  *store.Snapshotter
 	pub        *publish.Publisher
 	relay      Kicker
@@ -40,14 +41,14 @@ type EventStoreService struct {
 }
 
 // NewEventStoreService builds the handlers.
-func NewEventStoreService(events *store.Events, snaps *store.Snapshotter, pub *publish.Publisher, relay Kicker,
+func NewEventStoreService(events *store.Events, appender *store.Appender, snaps *store.Snapshotter, pub *publish.Publisher, relay Kicker,
 	toEvent func(*store.StoredEvent) event.Event, maxBatch, maxEventBytes int,
 ) *EventStoreService {
 	if maxBatch > maxAppend {
 		maxBatch = maxAppend
 	}
 	return &EventStoreService{
-		events: events, snapshots: snaps, pub: pub, relay: relay,
+		events: events, appender: appender, snapshots: snaps, pub: pub, relay: relay,
 		maxEvents: maxBatch, maxBytes: maxEventBytes, replayPage: 1000, toEvent: toEvent,
 	}
 }
@@ -71,7 +72,7 @@ func (s *EventStoreService) AppendEvents(ctx context.Context, req *eventgwv1.App
 	if err != nil {
 		return nil, rewriteError(err)
 	}
-	res, err := s.events.Append(ctx, ar)
+	res, err := s.appender.Append(ctx, ar)
 	if err != nil {
 		return nil, rewriteError(err)
 	}

@@ -95,48 +95,66 @@ const appendSQL = `WITH chk AS (
 )
 SELECT chk.v, chk.t, chk.typ, ARRAY(SELECT position FROM ins ORDER BY position) FROM chk`
 
-// Append appends req's events atomically with consecutive versions. The rows are the
-// outbox: the relay publishes them once committed.
+// appendRow is what appendSQL (and each row of appendManySQL) answers.
+type appendRow struct {
+	cur       int64
+	owner     *uuid.UUID
+	aggType   *string
+	positions []int64
+}
+
+// outcome turns an answer into the append's result or error.
+func (s *Events) outcome(ctx context.Context, req *AppendRequest, r *appendRow) (AppendResult, error) {
+	if len(r.positions) > 0 {
+		return AppendResult{Version: r.cur + int64(len(req.Events)), Positions: r.positions, PrevVersion: r.cur}, nil
+	}
+	// Nothing inserted. A retry of an append that succeeded is answered its original
+	// result, whatever the aggregate's version is now.
+	if res, found, err := s.duplicate(ctx, *req, eventIDs(req)); found || err != nil {
+		return res, err
+	}
+	switch {
+	case r.owner != nil && r.owner.String() != req.TenantID:
+		return AppendResult{}, ErrNotFound
+	case r.aggType != nil && *r.aggType != req.AggregateType:
+		return AppendResult{}, &TypeMismatchError{Stored: *r.aggType}
+	}
+	return AppendResult{}, s.conflict(*req, r.cur)
+}
+
+func eventIDs(req *AppendRequest) []string {
+	ids := make([]string, len(req.Events))
+	for i := range req.Events {
+		ids[i] = req.Events[i].ID
+	}
+	return ids
+}
+
+// Append appends req's events atomically with consecutive versions, in a statement and
+// transaction of its own. The rows are the outbox: the relay publishes them once
+// committed.
 func (s *Events) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
 	n := len(req.Events)
-	ids := make([]string, n)
+	ids := eventIDs(&req)
 	types := make([]string, n)
 	data := make([]string, n)
 	meta := make([]string, n)
 	occurred := make([]time.Time, n)
 	for i, e := range req.Events {
-		ids[i], types[i], data[i], occurred[i] = e.ID, e.Type, string(e.Data), e.OccurredAt
+		types[i], data[i], occurred[i] = e.Type, string(e.Data), e.OccurredAt
 		meta[i] = "{}"
 		if len(e.Metadata) > 0 {
 			meta[i] = string(e.Metadata)
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		var (
-			cur       int64
-			owner     *uuid.UUID
-			aggType   *string
-			positions []int64
-		)
+		var r appendRow
 		err := s.pool.QueryRow(ctx, appendSQL, req.TenantID, req.AggregateType, req.AggregateID, req.Expected,
-			ids, types, data, meta, occurred).Scan(&cur, &owner, &aggType, &positions)
+			ids, types, data, meta, occurred).Scan(&r.cur, &r.owner, &r.aggType, &r.positions)
 		var pgErr *pgconn.PgError
 		switch {
-		case err == nil && len(positions) > 0:
-			return AppendResult{Version: cur + int64(n), Positions: positions, PrevVersion: cur}, nil
 		case err == nil:
-			// Nothing inserted. A retry of an append that succeeded is answered its
-			// original result, whatever the aggregate's version is now.
-			if res, found, err := s.duplicate(ctx, req, ids); found || err != nil {
-				return res, err
-			}
-			switch {
-			case owner != nil && owner.String() != req.TenantID:
-				return AppendResult{}, ErrNotFound
-			case aggType != nil && *aggType != req.AggregateType:
-				return AppendResult{}, &TypeMismatchError{Stored: *aggType}
-			}
-			return AppendResult{}, s.conflict(req, cur)
+			return s.outcome(ctx, &req, &r)
 		case errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "stored_events_pkey":
 			res, _, err := s.duplicate(ctx, req, ids)
 			return res, err
@@ -154,6 +172,110 @@ func (s *Events) Append(ctx context.Context, req AppendRequest) (AppendResult, e
 			return AppendResult{}, fmt.Errorf("append: %w", err)
 		}
 	}
+}
+
+// appendManySQL appends to several distinct aggregates in one statement (group commit):
+// the checks of appendSQL per append, one INSERT for the events of every append that
+// passes, and per append what was found and the positions it got. Appends are given
+// sorted by aggregate id, so two concurrent statements take index locks in one order.
+const appendManySQL = `WITH a AS (
+	SELECT * FROM unnest($1::uuid[], $2::varchar[], $3::uuid[], $4::bigint[])
+	       WITH ORDINALITY AS a(tenant, agg_type, agg, expected, ai)
+), chk AS (
+	SELECT a.*, coalesce(c.version, 0)::bigint AS v, c.tenant_id AS t, c.aggregate_type AS typ
+	  FROM a LEFT JOIN LATERAL (
+	       SELECT version, tenant_id, aggregate_type FROM stored_events e
+	        WHERE e.aggregate_id = a.agg ORDER BY e.version DESC LIMIT 1) c ON true
+), ok AS (
+	SELECT * FROM chk
+	 WHERE (t IS NULL OR (t = tenant AND typ = agg_type))
+	   AND (expected = -1 OR v = expected OR (expected = -2 AND v = 0))
+), ev AS (
+	SELECT u.*, row_number() OVER (PARTITION BY u.ai ORDER BY u.ord) AS seq
+	  FROM unnest($5::bigint[], $6::uuid[], $7::varchar[], $8::text[], $9::text[], $10::timestamptz[])
+	       WITH ORDINALITY AS u(ai, id, typ, dat, meta, occ, ord)
+), ins AS (
+	INSERT INTO stored_events (event_id, tenant_id, aggregate_type, aggregate_id, version,
+	                           event_type, event_data, occurred_at, metadata, position)
+	SELECT ev.id, ok.tenant, ok.agg_type, ok.agg, ok.v + ev.seq, ev.typ, ev.dat::jsonb, ev.occ, ev.meta::jsonb,
+	       (pg_current_xact_id()::text::bigint << 10) + ev.ord - 1
+	  FROM ev JOIN ok ON ok.ai = ev.ai
+	RETURNING aggregate_id, position
+)
+SELECT chk.ai, chk.v, chk.t, chk.typ,
+       ARRAY(SELECT position FROM ins WHERE ins.aggregate_id = chk.agg ORDER BY position)
+  FROM chk ORDER BY chk.ai`
+
+// AppendMany appends to distinct aggregates in one statement and one transaction; each
+// append gets its own outcome. When the statement fails as a whole (a unique violation:
+// a re-sent event id, or a race with another sidecar), every append runs again alone.
+func (s *Events) AppendMany(ctx context.Context, reqs []*AppendRequest) ([]AppendResult, []error) {
+	results := make([]AppendResult, len(reqs))
+	errs := make([]error, len(reqs))
+	var (
+		tenants, aggTypes, aggs []string
+		expected                []int64
+		ai                      []int64
+		ids, types, data, meta  []string
+		occurred                []time.Time
+	)
+	for i, r := range reqs {
+		tenants = append(tenants, r.TenantID)
+		aggTypes = append(aggTypes, r.AggregateType)
+		aggs = append(aggs, r.AggregateID)
+		expected = append(expected, r.Expected)
+		for _, e := range r.Events {
+			ai = append(ai, int64(i+1))
+			ids = append(ids, e.ID)
+			types = append(types, e.Type)
+			data = append(data, string(e.Data))
+			m := "{}"
+			if len(e.Metadata) > 0 {
+				m = string(e.Metadata)
+			}
+			meta = append(meta, m)
+			occurred = append(occurred, e.OccurredAt)
+		}
+	}
+	rows, err := s.pool.Query(ctx, appendManySQL, tenants, aggTypes, aggs, expected, ai, ids, types, data, meta, occurred)
+	found := make([]appendRow, len(reqs))
+	if err == nil {
+		n := 0
+		for rows.Next() {
+			var idx int64
+			r := &appendRow{}
+			if err = rows.Scan(&idx, &r.cur, &r.owner, &r.aggType, &r.positions); err != nil {
+				break
+			}
+			if idx >= 1 && int(idx) <= len(found) {
+				found[idx-1] = *r
+				n++
+			}
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+		if err == nil && n != len(reqs) {
+			err = fmt.Errorf("append: %d answers for %d appends", n, len(reqs))
+		}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			for i := range errs {
+				errs[i] = fmt.Errorf("append: %w", err)
+			}
+			return results, errs
+		}
+		for i, r := range reqs {
+			results[i], errs[i] = s.Append(ctx, *r)
+		}
+		return results, errs
+	}
+	for i, r := range reqs {
+		results[i], errs[i] = s.outcome(ctx, r, &found[i])
+	}
+	return results, errs
 }
 
 func (s *Events) conflict(req AppendRequest, cur int64) error {

@@ -1,0 +1,111 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// defaultAppendTimeout bounds one shared statement.
+const defaultAppendTimeout = 30 * time.Second
+
+// maxSharedEvents bounds the events of one shared statement: positions leave room for
+// 1024 events per transaction.
+const maxSharedEvents = 1000
+
+// Appender is group commit for appends. Concurrent appends to distinct aggregates are
+// written by one statement in one transaction (appendManySQL): one round trip, one
+// plan, one WAL flush for all of them. There is no timer and no hand-off when there is
+// no contention: a caller that finds a free slot writes its own append, together with
+// whatever other appends are waiting at that moment; callers that find every slot busy
+// queue up and are written by the next slot holder.
+type Appender struct {
+	events *Events
+	slots  chan struct{}
+
+	mu    sync.Mutex
+	queue []*pendingAppend
+}
+
+type pendingAppend struct {
+	req  *AppendRequest
+	res  AppendResult
+	err  error
+	done chan struct{}
+}
+
+// NewAppender writes with at most `slots` statements at a time.
+func NewAppender(events *Events, slots int) *Appender {
+	return &Appender{events: events, slots: make(chan struct{}, max(1, slots))}
+}
+
+// Append appends req, alone or together with concurrent appends.
+func (a *Appender) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
+	p := &pendingAppend{req: &req, done: make(chan struct{})}
+	a.mu.Lock()
+	a.queue = append(a.queue, p)
+	a.mu.Unlock()
+	for {
+		select {
+		case <-p.done:
+			return p.res, p.err
+		case a.slots <- struct{}{}:
+			if batch := a.take(); len(batch) > 0 {
+				a.write(batch)
+			}
+			<-a.slots
+		case <-ctx.Done():
+			// Written or not, later: a retry with the same event ids is answered
+			// idempotently.
+			return AppendResult{}, fmt.Errorf("append: %w", ctx.Err())
+		}
+	}
+}
+
+// take removes a batch from the queue: distinct aggregates, at most maxSharedEvents
+// events. Appends to an aggregate already in the batch stay queued for the next one.
+func (a *Appender) take() (batch []*pendingAppend) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	seen := make(map[string]bool, len(a.queue))
+	n := 0
+	rest := a.queue[:0]
+	for _, p := range a.queue {
+		switch {
+		case seen[p.req.AggregateID], n > 0 && n+len(p.req.Events) > maxSharedEvents:
+			rest = append(rest, p)
+		default:
+			seen[p.req.AggregateID] = true
+			n += len(p.req.Events)
+			batch = append(batch, p)
+		}
+	}
+	a.queue = rest
+	return batch
+}
+
+func (a *Appender) write(batch []*pendingAppend) {
+	// Not a caller's context: the statement is shared.
+	ctx, cancel := context.WithTimeout(context.Background(), defaultAppendTimeout)
+	defer cancel()
+	if len(batch) == 1 {
+		p := batch[0]
+		p.res, p.err = a.events.Append(ctx, *p.req)
+		close(p.done)
+		return
+	}
+	// One lock order for every statement, so that two never deadlock on each other.
+	slices.SortFunc(batch, func(x, y *pendingAppend) int { return cmp.Compare(x.req.AggregateID, y.req.AggregateID) })
+	reqs := make([]*AppendRequest, len(batch))
+	for i, p := range batch {
+		reqs[i] = p.req
+	}
+	results, errs := a.events.AppendMany(ctx, reqs)
+	for i, p := range batch {
+		p.res, p.err = results[i], errs[i]
+		close(p.done)
+	}
+}

@@ -1,0 +1,134 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/eventgw/eventgw/internal/store"
+	"github.com/eventgw/eventgw/internal/testenv"
+)
+
+func newPool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testenv.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	if _, err := store.Migrate(ctx, pool); err != nil {
+		t.Fatal(err)
+	}
+	return pool
+}
+
+func appendOne(tenant, agg string, expected int64) store.AppendRequest {
+	return store.AppendRequest{
+		TenantID: tenant, AggregateType: "Patient", AggregateID: agg, Expected: expected,
+		Events: []store.NewEvent{{ID: uuid.NewString(), Type: "patient.updated", Data: []byte(`{"a":1}`), OccurredAt: time.Now()}},
+	}
+}
+
+// AppendMany gives each append its own outcome: successes, a conflict, another tenant.
+func TestAppendManyOutcomes(t *testing.T) {
+	pool := newPool(t)
+	ev := store.NewEvents(pool)
+	ctx := context.Background()
+	tenant, other := uuid.NewString(), uuid.NewString()
+	existing := uuid.NewString()
+	if _, err := ev.Append(ctx, appendOne(tenant, existing, store.ExpectNoStream)); err != nil {
+		t.Fatal(err)
+	}
+	foreign := uuid.NewString()
+	if _, err := ev.Append(ctx, appendOne(other, foreign, store.ExpectNoStream)); err != nil {
+		t.Fatal(err)
+	}
+	a, b := uuid.NewString(), uuid.NewString()
+	reqs := []store.AppendRequest{
+		appendOne(tenant, a, store.ExpectNoStream),
+		appendOne(tenant, existing, 1),
+		appendOne(tenant, b, store.ExpectAny),
+		appendOne(tenant, foreign, store.ExpectAny),
+		appendOne(tenant, uuid.NewString(), 5), // a conflict: expects version 5 of a new aggregate
+	}
+	ptrs := make([]*store.AppendRequest, len(reqs))
+	for i := range reqs {
+		ptrs[i] = &reqs[i]
+	}
+	start := time.Now()
+	res, errs := ev.AppendMany(ctx, ptrs)
+	t.Logf("AppendMany of %d took %v", len(reqs), time.Since(start))
+	if errs[0] != nil || res[0].Version != 1 || errs[1] != nil || res[1].Version != 2 || errs[2] != nil || res[2].Version != 1 {
+		t.Fatalf("successes: %v %v", res[:3], errs[:3])
+	}
+	if !errors.Is(errs[3], store.ErrNotFound) {
+		t.Errorf("another tenant's aggregate: %v", errs[3])
+	}
+	var ce *store.ConflictError
+	if !errors.As(errs[4], &ce) || ce.Current != 0 {
+		t.Errorf("conflict: %v", errs[4])
+	}
+	if res[0].Positions[0] == res[1].Positions[0] || res[1].Positions[0] == res[2].Positions[0] {
+		t.Errorf("positions not distinct: %v %v %v", res[0].Positions, res[1].Positions, res[2].Positions)
+	}
+}
+
+// Many concurrent appenders through the Appender: every append lands once, versions
+// have no gaps, and per aggregate position order is version order.
+func TestAppenderConcurrent(t *testing.T) {
+	pool := newPool(t)
+	ev := store.NewEvents(pool)
+	ap := store.NewAppender(ev, 4)
+	tenant := uuid.NewString()
+	aggs := make([]string, 6)
+	for i := range aggs {
+		aggs[i] = uuid.NewString()
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	errs := 0
+	for w := range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				agg := aggs[(w+i)%len(aggs)]
+				if _, err := ap.Append(context.Background(), appendOne(tenant, agg, store.ExpectAny)); err != nil {
+					mu.Lock()
+					errs++
+					mu.Unlock()
+					t.Log(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if errs > 0 {
+		t.Fatalf("%d appends failed", errs)
+	}
+	ctx := context.Background()
+	for _, agg := range aggs {
+		var last, lastPos int64
+		err := ev.ReadAggregate(ctx, tenant, agg, 1, 1000, func(page []store.StoredEvent) error {
+			for _, e := range page {
+				if e.Version != last+1 || e.Position <= lastPos {
+					t.Errorf("aggregate %s: version %d at %d after version %d at %d", agg, e.Version, e.Position, last, lastPos)
+				}
+				last, lastPos = e.Version, e.Position
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last != 80 {
+			t.Errorf("aggregate %s has %d events, want 80", agg, last)
+		}
+	}
+}
