@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
+	"syscall"
 	"net"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -57,7 +59,9 @@ func rewriteError(err error) error {
 	case errors.As(err, &pge) && (pge.Code == "57P01" || pge.Code == "57P03" || pge.Code[:2] == "08"):
 		return status.Error(codes.Unavailable, "database unavailable: retry later")
 	case isConnError(err):
-		return status.Error(codes.Unavailable, "database unavailable: retry later")
+		// The statement may or may not have committed: a retry with the same event ids
+		// is answered idempotently.
+		return status.Error(codes.Unavailable, "database unavailable (the outcome of a write in progress is unknown): retry with the same ids")
 	case errors.As(err, &ve):
 		st := status.New(codes.InvalidArgument, ve.Error())
 		if ds, derr := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
@@ -117,5 +121,7 @@ func isConnError(err error) bool {
 	var ce *pgconn.ConnectError
 	var ne net.Error
 	return errors.As(err, &ce) || errors.As(err, &ne) || pgconn.SafeToRetry(err) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) ||
 		(pgconn.Timeout(err) && !errors.Is(err, context.DeadlineExceeded))
 }

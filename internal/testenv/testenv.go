@@ -141,3 +141,28 @@ func NewRegistry(t testing.TB) *srfake.Registry {
 	t.Cleanup(r.Close)
 	return r
 }
+
+// DurablePostgres starts a private cluster with PostgreSQL's durable defaults (fsync,
+// synchronous commit) for one test, stopped and removed when it ends: for tests that
+// crash the server and expect nothing acknowledged to be lost.
+func DurablePostgres(t testing.TB) *devstack.Postgres {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "eventgw-test-pg-durable-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := devstack.StartPostgres(ctx, devstack.PostgresOptions{Dir: dir + "/pg"})
+	if err != nil {
+		t.Fatalf("start a durable PostgreSQL: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = p.Stop()
+		_ = os.RemoveAll(dir)
+	})
+	return p
+}

@@ -1,0 +1,69 @@
+package app_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/eventgw/eventgw/internal/testenv"
+)
+
+// TestPostgresRestart crashes PostgreSQL under a running sidecar: appends answer
+// Unavailable (quickly, not Internal, not a hang) while it is down, succeed again once it
+// is back, and the outbox relay resumes: every appended event reaches Kafka, in order.
+func TestPostgresRestart(t *testing.T) {
+	// A cluster of its own, durable (the shared test cluster runs without fsync, and a
+	// crash of it loses what it acknowledged, as PostgreSQL documents).
+	pg := testenv.DurablePostgres(t)
+	d := deps{kafka: testenv.NewKafka(t), registry: testenv.NewRegistry(t).URL(), dbURL: pg.DSN("postgres")}
+	s := startOn(t, d, nil)
+	agg := uuid.NewString()
+	counts := map[string]int64{}
+	appendMany(t, s, []string{agg}, 5, counts)
+	waitOutboxEmpty(t, d.dbURL, 10*time.Second)
+
+	if err := pg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	defer func() {
+		if !restarted {
+			_ = pg.Restart(context.Background())
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	start := time.Now()
+	_, err := s.store.AppendEvents(ctx, appendReq(tenantA, agg, exact(5), newEv(t, "patient.updated", map[string]any{})))
+	cancel()
+	if c := status.Code(err); c != codes.Unavailable {
+		t.Fatalf("append with PostgreSQL down: %v, want Unavailable", err)
+	}
+	t.Logf("Unavailable after %v", time.Since(start).Round(time.Millisecond))
+
+	if err := pg.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := s.store.AppendEvents(callCtx(t), appendReq(tenantA, agg, exact(5), newEv(t, "patient.updated", map[string]any{"after": "restart"})))
+		if err == nil {
+			counts[agg] = 6
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("appends still failing 20s after PostgreSQL came back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	appendMany(t, s, []string{agg}, 4, counts)
+	waitOutboxEmpty(t, d.dbURL, 20*time.Second)
+	checkInOrder(t, outboxRecords(t, d.kafka.Brokers, "healthtech.patient.events"), counts, false)
+	if evs := readAll(t, s, tenantA, agg); len(evs) != 10 {
+		t.Errorf("%d events stored, want 10", len(evs))
+	}
+}
