@@ -60,9 +60,11 @@ func TestEncodeRoundTrip(t *testing.T) {
 		t.Errorf("nested record %v", got["lab"])
 	}
 	// The same through a Struct (numbers are float64 there).
-	st, err := structpb.NewStruct(map[string]any{"result_id": "1d2c3b4a-5e6f-4a8b-9c0d-1e2f3a4b5c6d", "status": "PRELIMINARY",
+	st, err := structpb.NewStruct(map[string]any{
+		"result_id": "1d2c3b4a-5e6f-4a8b-9c0d-1e2f3a4b5c6d", "status": "PRELIMINARY",
 		"value": 1.0, "count": 2.0, "collected_on": 19000.0, "reported_at": 1.7e12, "flags": map[string]any{}, "codes": []any{},
-		"ref": 7.0, "lab": map[string]any{"name": "L", "site": 1.0}})
+		"ref": 7.0, "lab": map[string]any{"name": "L", "site": 1.0},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
-	"syscall"
 	"net"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
