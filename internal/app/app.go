@@ -229,12 +229,6 @@ func (a *App) GRPCAddr() string { return a.grpcLis.Addr().String() }
 // HTTPAddr is the address of /metrics, /healthz and /readyz.
 func (a *App) HTTPAddr() string { return a.httpLis.Addr().String() }
 
-// Brokers are the Kafka bootstrap brokers in use.
-func (a *App) Brokers() []string { return a.brokers }
-
-// RegistryURL is the Schema Registry in use.
-func (a *App) RegistryURL() string { return a.registry }
-
 // Run serves until ctx ends, then shuts down: health goes NOT_SERVING, in-flight calls
 // get the grace period, the producer flushes and waits for its acknowledgements, and
 // everything built is closed in reverse order.
@@ -285,9 +279,6 @@ func (a *App) Run(ctx context.Context) error {
 	a.log.Info("stopped")
 	return err
 }
-
-// Close releases everything without serving (for a Build whose Run never started).
-func (a *App) Close() error { return a.closer.unwind() }
 
 func (a *App) logReady() {
 	fields := []zap.Field{

@@ -3,7 +3,6 @@ package publish
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -264,7 +263,3 @@ func labelOr(s, def string) string {
 	return s
 }
 
-// String describes an outcome for logs (ids only).
-func (o Outcome) String() string {
-	return fmt.Sprintf("%s → %s/%d@%d", o.EventID, o.Topic, o.Partition, o.Offset)
-}
