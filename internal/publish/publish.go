@@ -262,4 +262,3 @@ func labelOr(s, def string) string {
 	}
 	return s
 }
-
