@@ -127,8 +127,8 @@ func (p *Publisher) Start(ctx context.Context, events []event.Event) (*Pending, 
 // Check runs every check and the encoding of Start on e without sending it (for events
 // stored first and published later through the outbox).
 func (p *Publisher) Check(e *event.Event) error {
-	var m sarama.ProducerMessage
-	return p.encode(e, time.Now(), &m)
+	_, _, err := p.value(e, time.Now())
+	return err
 }
 
 // Encode checks e and encodes it into a Kafka message.
@@ -199,35 +199,9 @@ func (pd *Pending) Wait(ctx context.Context) []Outcome {
 }
 
 func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMessage) error {
-	if err := e.Normalize(p.cfg.DefaultSource, p.cfg.Limits, now); err != nil {
+	value, ref, err := p.value(e, now)
+	if err != nil {
 		return err
-	}
-	if len(p.cfg.Domains) > 0 && !p.cfg.Domains[kafka.Domain(e.Type)] {
-		return validate.Errorf("event_type", "has domain %q, which this gateway does not route (--domains)", kafka.Domain(e.Type))
-	}
-	var (
-		value []byte
-		ref   string
-		err   error
-	)
-	if s := p.schemas.Lookup(e.Type); s != nil {
-		if value, err = s.Encode(e.PayloadJSON, e.Payload); err != nil {
-			return err
-		}
-		ref = s.Ref
-	} else {
-		if p.cfg.RequireSchemas {
-			return validate.Errorf("event_type", "has no registered schema, and this gateway requires one (--require-schemas): call RegisterSchema first")
-		}
-		value = e.PayloadJSON
-		if value == nil {
-			if value, err = event.AppendStructJSON(make([]byte, 0, 256), e.Payload); err != nil {
-				return validate.Errorf("payload", "holds a NaN or infinite number, which JSON cannot represent")
-			}
-		}
-	}
-	if len(value) > p.cfg.Limits.MaxEventBytes {
-		return validate.Errorf("payload", "is %d bytes encoded, over the %d-byte limit (--max-event-bytes)", len(value), p.cfg.Limits.MaxEventBytes)
 	}
 	*m = sarama.ProducerMessage{
 		Topic:   p.router.Topic(e.Type),
@@ -236,6 +210,36 @@ func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMess
 		Headers: e.Headers(ref),
 	}
 	return nil
+}
+
+// value checks e and encodes its payload (Avro with its schema reference, or JSON).
+func (p *Publisher) value(e *event.Event, now time.Time) (value []byte, ref string, err error) {
+	if err := e.Normalize(p.cfg.DefaultSource, p.cfg.Limits, now); err != nil {
+		return nil, "", err
+	}
+	if len(p.cfg.Domains) > 0 && !p.cfg.Domains[kafka.Domain(e.Type)] {
+		return nil, "", validate.Errorf("event_type", "has domain %q, which this gateway does not route (--domains)", kafka.Domain(e.Type))
+	}
+	if s := p.schemas.Lookup(e.Type); s != nil {
+		if value, err = s.Encode(e.PayloadJSON, e.Payload); err != nil {
+			return nil, "", err
+		}
+		ref = s.Ref
+	} else {
+		if p.cfg.RequireSchemas {
+			return nil, "", validate.Errorf("event_type", "has no registered schema, and this gateway requires one (--require-schemas): call RegisterSchema first")
+		}
+		value = e.PayloadJSON
+		if value == nil {
+			if value, err = event.AppendStructJSON(make([]byte, 0, 256), e.Payload); err != nil {
+				return nil, "", validate.Errorf("payload", "holds a NaN or infinite number, which JSON cannot represent")
+			}
+		}
+	}
+	if len(value) > p.cfg.Limits.MaxEventBytes {
+		return nil, "", validate.Errorf("payload", "is %d bytes encoded, over the %d-byte limit (--max-event-bytes)", len(value), p.cfg.Limits.MaxEventBytes)
+	}
+	return value, ref, nil
 }
 
 func (p *Publisher) countInvalid(e *event.Event) {
