@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"io"
 	"os"
 	"os/exec"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/eventgw/eventgw/internal/config"
 )
 
 // devSidecar is `eventgw serve --dev` run as a process, on free ports.
@@ -230,5 +233,27 @@ func TestREADMEWalkthrough(t *testing.T) {
 	}
 	if !strings.Contains(d.logText(), `"reseeded":1`) {
 		t.Errorf("the registry was not re-seeded:\n%s", d.logText())
+	}
+}
+
+// TestHelpDocumentsEveryFlag: `eventgw --help` lists every serve flag with its text.
+func TestHelpDocumentsEveryFlag(t *testing.T) {
+	bin := buildBinary(t)
+	out, err := exec.Command(bin, "--help").CombinedOutput()
+	if err != nil {
+		t.Fatalf("--help: %v\n%s", err, out)
+	}
+	var cfg config.Config
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfg.Register(fs)
+	n := 0
+	fs.VisitAll(func(f *flag.Flag) {
+		n++
+		if !strings.Contains(string(out), "-"+f.Name) || !strings.Contains(string(out), f.Usage) {
+			t.Errorf("--help does not document -%s", f.Name)
+		}
+	})
+	if n < 20 || !strings.Contains(string(out), "EVENTGW_") {
+		t.Errorf("help covers %d flags and must explain EVENTGW_ variables:\n%s", n, out)
 	}
 }

@@ -780,3 +780,40 @@ func TestTwoSidecarsPublishEachEventOnce(t *testing.T) {
 		t.Errorf("%d records in Kafka for %d appended events", total, want)
 	}
 }
+
+// ReplayEvents with target_topic republishes the replayed events to that topic (to
+// rebuild a projection), acknowledged before each page is streamed.
+func TestReplayIntoTopic(t *testing.T) {
+	s := startSidecar(t, nil)
+	ctx := callCtx(t)
+	for i := range 5 {
+		if _, err := s.store.AppendEvents(ctx, appendReq(tenantA, uuid.NewString(), noStream,
+			newEv(t, "patient.created", map[string]any{"i": float64(i)}))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.store.AppendEvents(ctx, appendReq(tenantB, uuid.NewString(), noStream,
+		newEv(t, "patient.created", map[string]any{"other": "tenant"}))); err != nil {
+		t.Fatal(err)
+	}
+	got := replayAll(t, s, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, TargetTopic: "projections.patient.rebuild"})
+	if len(got) != 5 {
+		t.Fatalf("replayed %d events, want 5", len(got))
+	}
+	recs := consumeAll(t, s.kafka.Brokers, "projections.patient.rebuild")
+	if len(recs) != 5 {
+		t.Fatalf("%d records in the target topic, want 5", len(recs))
+	}
+	for i, r := range recs {
+		if tid, _ := header(r, "ce_tenantid"); tid != tenantA {
+			t.Errorf("record %d of tenant %q", i, tid)
+		}
+		if v, _ := header(r, "ce_aggregateversion"); v != "1" {
+			t.Errorf("record %d: aggregate version %q", i, v)
+		}
+	}
+	st, _ := s.store.ReplayEvents(ctx, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, TargetTopic: "bad topic!"})
+	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("bad target topic: %v", err)
+	}
+}
