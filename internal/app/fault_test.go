@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/testenv"
 )
 
@@ -65,5 +67,72 @@ func TestPostgresRestart(t *testing.T) {
 	checkInOrder(t, outboxRecords(t, d.kafka.Brokers, "healthtech.patient.events"), counts, false)
 	if evs := readAll(t, s, tenantA, agg); len(evs) != 10 {
 		t.Errorf("%d events stored, want 10", len(evs))
+	}
+}
+
+// TestPublishStreamClientGone: a client that goes away mid-stream loses nothing it was
+// told was stored, the server ends the stream, and the sidecar serves on.
+func TestPublishStreamClientGone(t *testing.T) {
+	s := startSidecar(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := s.events.PublishStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for i := range 2000 {
+			if err := stream.Send(&eventgwv1.PublishStreamRequest{RequestId: uint64(i + 1), Events: []*eventgwv1.Event{{
+				EventType: "patient.updated", TenantId: tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)},
+			}}}); err != nil {
+				return
+			}
+		}
+	}()
+	acked := map[string]bool{}
+	for len(acked) < 300 {
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range resp.GetResults() {
+			if r.GetResult() != nil {
+				acked[r.GetResult().GetEventId()] = true
+			}
+		}
+	}
+	cancel() // the client goes away with requests in flight
+	inKafka := map[string]bool{}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, r := range consumeAll(t, s.kafka.Brokers, "healthtech.patient.events") {
+			id, _ := header(r, "ce_id")
+			inKafka[id] = true
+		}
+		missing := 0
+		for id := range acked {
+			if !inKafka[id] {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d acknowledged events missing from Kafka", missing, len(acked))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The server saw the stream end, and still serves.
+	deadline = time.Now().Add(10 * time.Second)
+	for !strings.Contains(httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics"),
+		`grpc_server_handled_total{grpc_code="Canceled",grpc_method="PublishStream"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the server did not end the abandoned stream")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: &eventgwv1.Event{EventType: "patient.updated",
+		TenantId: tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)}}}); err != nil {
+		t.Fatalf("publish after an abandoned stream: %v", err)
 	}
 }
