@@ -131,8 +131,10 @@ func TestPublishStreamClientGone(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: &eventgwv1.Event{EventType: "patient.updated",
-		TenantId: tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)}}}); err != nil {
+	if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: &eventgwv1.Event{
+		EventType: "patient.updated",
+		TenantId:  tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)},
+	}}); err != nil {
 		t.Fatalf("publish after an abandoned stream: %v", err)
 	}
 }
