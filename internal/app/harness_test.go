@@ -248,3 +248,20 @@ func tail(s string, n int) string {
 	}
 	return s
 }
+
+// missingFromKafka counts the acknowledged event ids that topic does not hold.
+func missingFromKafka(t *testing.T, brokers []string, topic string, acked map[string]bool) int {
+	t.Helper()
+	inKafka := map[string]bool{}
+	for _, r := range consumeAll(t, brokers, topic) {
+		id, _ := header(r, "ce_id")
+		inKafka[id] = true
+	}
+	missing := 0
+	for id := range acked {
+		if !inKafka[id] {
+			missing++
+		}
+	}
+	return missing
+}

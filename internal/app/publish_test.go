@@ -544,18 +544,7 @@ func TestGracefulShutdownLosesNoAckedEvent(t *testing.T) {
 	<-started
 	s.shutdown()
 	wg.Wait()
-	recs := consumeAll(t, s.kafka.Brokers, "healthtech.patient.events")
-	inKafka := map[string]bool{}
-	for _, r := range recs {
-		id, _ := header(r, "ce_id")
-		inKafka[id] = true
-	}
-	missing := 0
-	for id := range acked {
-		if !inKafka[id] {
-			missing++
-		}
-	}
+	missing := missingFromKafka(t, s.kafka.Brokers, "healthtech.patient.events", acked)
 	if len(acked) < 100 || missing > 0 {
 		t.Fatalf("%d acked events, %d of them missing from Kafka", len(acked), missing)
 	}
