@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -361,6 +362,12 @@ func TestAppendBadInputWritesNothing(t *testing.T) {
 			r.Events[0] = newEv(t, "patient.created", map[string]any{"x": string(make([]byte, 2000))})
 		}), "events[0].data"},
 		"metadata key": {with(func(r *eventgwv1.AppendEventsRequest) { r.Events[0].Metadata = map[string]string{"Bad Key": "v"} }), "events[0].metadata"},
+		"metadata key reserved once published": {with(func(r *eventgwv1.AppendEventsRequest) {
+			r.Events[0].Metadata = map[string]string{"tenant_id": "v"}
+		}), "events[0].metadata"},
+		"metadata key too long once published": {with(func(r *eventgwv1.AppendEventsRequest) {
+			r.Events[0].Metadata = map[string]string{"clinical_trial_enrolment_site": "v"}
+		}), "events[0].metadata"},
 		"duplicate ids": {with(func(r *eventgwv1.AppendEventsRequest) {
 			r.Events = []*eventgwv1.NewEvent{newEv(t, "patient.created", map[string]any{}), newEv(t, "patient.updated", map[string]any{})}
 			r.Events[0].EventId, r.Events[1].EventId = dup, dup
@@ -372,6 +379,11 @@ func TestAppendBadInputWritesNothing(t *testing.T) {
 	for name, tc := range cases {
 		_, err := s.store.AppendEvents(ctx, tc.req)
 		assertInvalid(t, name, err, tc.field)
+	}
+	// The message names the key the client sent and what it would collide with.
+	_, err := s.store.AppendEvents(ctx, cases["metadata key reserved once published"].req)
+	if msg := status.Convert(err).Message(); !strings.Contains(msg, `"tenant_id"`) || !strings.Contains(msg, "ce_tenantid") {
+		t.Errorf("reserved metadata key: message %q should name tenant_id and ce_tenantid", msg)
 	}
 	if n := dbCount(t, s.dbURL, `SELECT count(*) FROM stored_events`); n != 0 {
 		t.Errorf("%d events written by refused appends", n)

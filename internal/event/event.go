@@ -1,6 +1,7 @@
 package event
 
 import (
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -122,6 +123,29 @@ func (e *Event) Normalize(defaultSource string, lim Limits, now time.Time) error
 	}
 	if e.Time.IsZero() {
 		e.Time = now
+	}
+	return nil
+}
+
+// EnvelopeKeys are the append metadata keys that fill envelope attributes rather than
+// becoming extensions (see the outbox's mapping).
+var EnvelopeKeys = map[string]bool{"correlation_id": true, "causation_id": true, "user_id": true, "source_user_id": true, "source_service": true}
+
+// CheckStoredMetadataKey checks that an append's metadata key k (lowercase letters,
+// digits and _) can be published: it becomes the CloudEvents extension ce_<k without
+// underscores>, which must be short enough and not an attribute the gateway sets.
+func CheckStoredMetadataKey(k string) error {
+	if EnvelopeKeys[k] {
+		return nil
+	}
+	ext := strings.ReplaceAll(k, "_", "")
+	switch {
+	case ext == "":
+		return validate.Errorf("metadata", "key %q has no letters or digits", k)
+	case len(ext) > maxMetadataKey:
+		return validate.Errorf("metadata", "key %q is published as the CloudEvents extension ce_%s, which is over %d characters", k, truncate(ext, 40), maxMetadataKey)
+	case reserved[ext]:
+		return validate.Errorf("metadata", "key %q is published as the CloudEvents attribute ce_%s, which the gateway sets itself", k, ext)
 	}
 	return nil
 }

@@ -417,7 +417,7 @@ func ToEvent(e *store.StoredEvent) event.Event {
 				ev.UserID = v
 			case "source_service":
 				ev.Source = v
-			default:
+			default: // event.CheckStoredMetadataKey vetted k at append time
 				if ev.Metadata == nil {
 					ev.Metadata = map[string]string{}
 				}

@@ -176,6 +176,9 @@ func (s *EventStoreService) toNewEvent(e *eventgwv1.NewEvent, ar store.AppendReq
 			if !validMetaKey(k) {
 				return ne, validate.Errorf("metadata", "keys must be 1-40 lowercase letters, digits or _ starting with a letter")
 			}
+			if err := event.CheckStoredMetadataKey(k); err != nil {
+				return ne, err
+			}
 			if err := validate.Text("metadata."+k, v, 1024); err != nil {
 				return ne, err
 			}

@@ -524,13 +524,37 @@ func Fold(l *Loaded) (map[string]any, error) {
 // SaveSnapshot stores state at version. It is refused (ErrSnapshotVersion) when the
 // aggregate has no such version or a snapshot at that version or later exists.
 func (s *Events) SaveSnapshot(ctx context.Context, tenantID, aggregateID string, version int64, state []byte) (string, error) {
+	return s.saveSnapshot(ctx, tenantID, aggregateID, version, state, false)
+}
+
+const saveSnapshotSQL = `INSERT INTO aggregate_snapshots (id, tenant_id, aggregate_type, aggregate_id, version, state, created_at)
+	SELECT $1, e.tenant_id, e.aggregate_type, e.aggregate_id, $4, $5::jsonb, now()
+	  FROM stored_events e
+	 WHERE e.aggregate_id = $2 AND e.tenant_id = $3 AND e.version = $4
+	   AND NOT EXISTS (SELECT 1 FROM aggregate_snapshots s WHERE s.aggregate_id = $2 AND s.version >= $4)
+	ON CONFLICT DO NOTHING`
+
+// saveSnapshot saves a snapshot. lazy commits without waiting for the WAL flush: for
+// automatic snapshots, whose loss in a crash only means folding a longer tail (the
+// events they derive from are already durable), and whose flush would otherwise queue
+// in front of the appends' own.
+func (s *Events) saveSnapshot(ctx context.Context, tenantID, aggregateID string, version int64, state []byte, lazy bool) (string, error) {
 	id := uuid.Must(uuid.NewV7())
-	tag, err := s.pool.Exec(ctx, `INSERT INTO aggregate_snapshots (id, tenant_id, aggregate_type, aggregate_id, version, state, created_at)
-		SELECT $1, e.tenant_id, e.aggregate_type, e.aggregate_id, $4, $5::jsonb, now()
-		  FROM stored_events e
-		 WHERE e.aggregate_id = $2 AND e.tenant_id = $3 AND e.version = $4
-		   AND NOT EXISTS (SELECT 1 FROM aggregate_snapshots s WHERE s.aggregate_id = $2 AND s.version >= $4)
-		ON CONFLICT DO NOTHING`, id, aggregateID, tenantID, version, string(state))
+	var tag pgconn.CommandTag
+	var err error
+	if lazy {
+		b := &pgx.Batch{}
+		b.Queue(`BEGIN`)
+		b.Queue(`SET LOCAL synchronous_commit = off`)
+		b.Queue(saveSnapshotSQL, id, aggregateID, tenantID, version, string(state)).Exec(func(t pgconn.CommandTag) error {
+			tag = t
+			return nil
+		})
+		b.Queue(`COMMIT`)
+		err = s.pool.SendBatch(ctx, b).Close()
+	} else {
+		tag, err = s.pool.Exec(ctx, saveSnapshotSQL, id, aggregateID, tenantID, version, string(state))
+	}
 	if err != nil {
 		return "", fmt.Errorf("save snapshot: %w", err)
 	}

@@ -77,6 +77,6 @@ func (s *Snapshotter) snapshot(ctx context.Context, j snapJob) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.events.SaveSnapshot(ctx, j.tenant, j.aggregate, l.Tail[len(l.Tail)-1].Version, b)
+	_, err = s.events.saveSnapshot(ctx, j.tenant, j.aggregate, l.Tail[len(l.Tail)-1].Version, b, true)
 	return err
 }
