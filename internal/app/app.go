@@ -129,6 +129,9 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	if n > 0 {
 		log.Info("applied migrations", zap.Int("count", n))
 	}
+	if err := store.CheckPositions(ctx, a.Pool); err != nil {
+		return nil, err
+	}
 
 	// Kafka.
 	kcfg := kafka.ProducerConfig("eventgw-"+cfg.ServiceName, kafka.MaxMessageBytes(cfg.MaxEventBytes))
