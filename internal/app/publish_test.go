@@ -17,6 +17,7 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/riferrei/srclient"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -119,6 +120,28 @@ func TestPublishPayloadJSONAndPartitionKey(t *testing.T) {
 	}
 	if src, _ := header(recs[0], "ce_source"); src != "eventgw" {
 		t.Errorf("default source %q, want the --service-name", src)
+	}
+	// A plain Kafka client (murmur2, as Java's) keying by the same partition key picks
+	// the same partition: Kafka Streams joins and other producers agree with the gateway.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(s.kafka.Brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for _, key := range []string{"patient-9", tenantA, "1d2c3b4a-5e6f-4a8b-9c0d-1e2f3a4b5c6d", "x"} {
+		resp, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: &eventgwv1.Event{
+			EventType: "appointment.booked", TenantId: tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: raw}, PartitionKey: key,
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &kgo.Record{Topic: "healthtech.appointment.events", Key: []byte(key), Value: raw}
+		if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		if r.Partition != resp.GetResult().GetPartition() {
+			t.Errorf("key %q: the gateway chose partition %d, a Kafka client %d", key, resp.GetResult().GetPartition(), r.Partition)
+		}
 	}
 }
 

@@ -58,6 +58,7 @@ func ProducerConfig(clientID string, maxMessageBytes int) *sarama.Config {
 	c.Producer.Flush.Messages = 0
 	c.Producer.Flush.Bytes = 0
 	c.Producer.Flush.MaxMessages = 0
+	c.Producer.Partitioner = NewJavaCompatiblePartitioner
 	c.ChannelBufferSize = 4096
 	return c
 }
