@@ -29,7 +29,8 @@ func TestCheckPositionsRefusesPositionsAheadOfTheCluster(t *testing.T) {
 	}
 	events := store.NewEvents(pool)
 	tenant, agg := uuid.NewString(), uuid.NewString()
-	if _, err := events.Append(ctx, store.AppendRequest{TenantID: tenant, AggregateType: "Patient", AggregateID: agg,
+	if _, err := events.Append(ctx, store.AppendRequest{
+		TenantID: tenant, AggregateType: "Patient", AggregateID: agg,
 		Expected: store.ExpectNoStream, Events: []store.NewEvent{{ID: uuid.NewString(), Type: "patient.created", Data: []byte(`{}`), OccurredAt: time.Now()}},
 	}); err != nil {
 		t.Fatal(err)
