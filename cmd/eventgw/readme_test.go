@@ -43,9 +43,15 @@ func buildBinary(t *testing.T) string {
 
 func startDev(t *testing.T, bin, dataDir string) *devSidecar {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--dev", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--dev-kafka-ports", "0,0,0", "--dev-registry-addr", "127.0.0.1:0", "--dev-postgres-port", "0",
-		"--data-dir", dataDir)
+	return startServe(t, bin, "--dev", "--dev-kafka-ports", "0,0,0", "--dev-registry-addr", "127.0.0.1:0",
+		"--dev-postgres-port", "0", "--data-dir", dataDir)
+}
+
+// startServe runs `eventgw serve` with args on free gRPC and HTTP ports and waits until
+// it says it is ready.
+func startServe(t *testing.T, bin string, args ...string) *devSidecar {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +60,7 @@ func startDev(t *testing.T, bin, dataDir string) *devSidecar {
 		t.Fatal(err)
 	}
 	d := &devSidecar{cmd: cmd, logs: &strings.Builder{}, mu: &sync.Mutex{}, exited: make(chan error, 1)}
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // a no-op once it has exited
 	ready := make(chan map[string]any, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)

@@ -173,38 +173,6 @@ func joinComma(ss []string) string {
 	return out
 }
 
-// consumeAll reads every record of topic currently in Kafka.
-func consumeAll(t *testing.T, brokers []string, topic string) []*kgo.Record {
-	t.Helper()
-	adm := newAdmin(t, brokers)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ends, err := adm.ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want int64
-	ends.Each(func(o kadm.ListedOffset) { want += o.Offset })
-	if want == 0 {
-		return nil
-	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	var recs []*kgo.Record
-	for int64(len(recs)) < want {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("consumed %d of %d records of %s before timeout", len(recs), want, topic)
-		}
-		fs.EachRecord(func(r *kgo.Record) { recs = append(recs, r) })
-	}
-	return recs
-}
-
 func newAdmin(t *testing.T, brokers []string) *kadm.Client {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
@@ -253,7 +221,7 @@ func tail(s string, n int) string {
 func missingFromKafka(t *testing.T, brokers []string, topic string, acked map[string]bool) int {
 	t.Helper()
 	inKafka := map[string]bool{}
-	for _, r := range consumeAll(t, brokers, topic) {
+	for _, r := range testenv.ConsumeAll(t, brokers, topic) {
 		id, _ := header(r, "ce_id")
 		inKafka[id] = true
 	}

@@ -62,7 +62,7 @@ func TestPublishJSONHeadersAndPlacement(t *testing.T) {
 	if r.GetTopic() != "healthtech.patient.events" || r.GetEventId() == "" {
 		t.Fatalf("result %v", r)
 	}
-	recs := consumeAll(t, s.kafka.Brokers, "healthtech.patient.events")
+	recs := testenv.ConsumeAll(t, s.kafka.Brokers, "healthtech.patient.events")
 	if len(recs) != 1 {
 		t.Fatalf("%d records in Kafka, want 1", len(recs))
 	}
@@ -111,7 +111,7 @@ func TestPublishPayloadJSONAndPartitionKey(t *testing.T) {
 	if resp.GetResult().GetEventId() != "0b8f7f0e-3f36-4a8c-9c77-8a1b2c3d4e5f" {
 		t.Errorf("event id not kept: %v", resp.GetResult())
 	}
-	recs := consumeAll(t, s.kafka.Brokers, "healthtech.appointment.events")
+	recs := testenv.ConsumeAll(t, s.kafka.Brokers, "healthtech.appointment.events")
 	if len(recs) != 1 || string(recs[0].Value) != string(raw) || string(recs[0].Key) != "patient-9" {
 		t.Fatalf("records %v", recs)
 	}
@@ -181,7 +181,7 @@ func TestPublishAvroThroughRegistry(t *testing.T) {
 	}}); err != nil {
 		t.Fatal(err)
 	}
-	recs := consumeAll(t, s.kafka.Brokers, "healthtech.patient.events")
+	recs := testenv.ConsumeAll(t, s.kafka.Brokers, "healthtech.patient.events")
 	if len(recs) != 2 {
 		t.Fatalf("%d records", len(recs))
 	}
@@ -294,7 +294,7 @@ func TestPublishBatchAnswersPerEventInOrder(t *testing.T) {
 		ids[res.GetEventId()] = i
 	}
 	for _, topic := range []string{"healthtech.patient.events", "healthtech.clinical.events"} {
-		recs := consumeAll(t, s.kafka.Brokers, topic)
+		recs := testenv.ConsumeAll(t, s.kafka.Brokers, topic)
 		if len(recs) != 25 {
 			t.Fatalf("%s: %d records", topic, len(recs))
 		}

@@ -26,6 +26,7 @@ import (
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/config"
 	"github.com/eventgw/eventgw/internal/store"
+	"github.com/eventgw/eventgw/internal/testenv"
 )
 
 const tenantB = "0c9e8d7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f"
@@ -612,7 +613,7 @@ func TestReplayIsGapSafe(t *testing.T) {
 func outboxRecords(t *testing.T, brokers []string, topic string) map[string][]int64 {
 	t.Helper()
 	byAgg := map[string][]int64{}
-	for _, r := range consumeAll(t, brokers, topic) {
+	for _, r := range testenv.ConsumeAll(t, brokers, topic) {
 		agg, _ := header(r, "ce_subject")
 		v, _ := header(r, "ce_aggregateversion")
 		n, _ := strconv.ParseInt(v, 10, 64)
@@ -812,7 +813,7 @@ func TestReplayIntoTopic(t *testing.T) {
 	if len(got) != 5 {
 		t.Fatalf("replayed %d events, want 5", len(got))
 	}
-	recs := consumeAll(t, s.kafka.Brokers, "projections.patient.rebuild")
+	recs := testenv.ConsumeAll(t, s.kafka.Brokers, "projections.patient.rebuild")
 	if len(recs) != 5 {
 		t.Fatalf("%d records in the target topic, want 5", len(recs))
 	}
