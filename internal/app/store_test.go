@@ -25,7 +25,6 @@ import (
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/config"
-	"github.com/eventgw/eventgw/internal/store"
 	"github.com/eventgw/eventgw/internal/testenv"
 )
 
@@ -399,13 +398,33 @@ func TestAppendBadInputWritesNothing(t *testing.T) {
 	}
 }
 
-// foldFromZero folds events' data as the gateway's default fold does.
+// foldFromZero folds events' data from nothing, by an independent model of RFC 7386
+// on Go values (the gateway's fold works on JSON text).
 func foldFromZero(evs []*eventgwv1.StoredEvent) map[string]any {
 	var state any = map[string]any{}
 	for _, e := range evs {
-		state = store.MergePatch(state, e.GetData().AsMap())
+		state = mergeModel(state, e.GetData().AsMap())
 	}
 	return state.(map[string]any)
+}
+
+func mergeModel(target, patch any) any {
+	p, ok := patch.(map[string]any)
+	if !ok {
+		return patch
+	}
+	t, ok := target.(map[string]any)
+	if !ok {
+		t = map[string]any{}
+	}
+	for k, v := range p {
+		if v == nil {
+			delete(t, k)
+			continue
+		}
+		t[k] = mergeModel(t[k], v)
+	}
+	return t
 }
 
 func TestSnapshotsAndFoldEqualFoldFromZero(t *testing.T) {

@@ -293,7 +293,7 @@ func (r *Relay) drain(ctx context.Context) (n int, blocked bool, err error) {
 		var e store.StoredEvent
 		var id, tenant, agg uuid.UUID
 		var version int32
-		if err := rows.Scan(&id, &tenant, &e.AggregateType, &agg, &version, &e.Type, &e.Data, &e.Metadata, &e.OccurredAt, &e.RecordedAt, &e.Position); err != nil {
+		if err := rows.Scan((*[16]byte)(&id), (*[16]byte)(&tenant), &e.AggregateType, (*[16]byte)(&agg), &version, &e.Type, &e.Data, &e.Metadata, &e.OccurredAt, &e.RecordedAt, &e.Position); err != nil {
 			rows.Close()
 			return 0, false, fmt.Errorf("read outbox: %w", err)
 		}

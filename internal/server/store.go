@@ -295,16 +295,11 @@ func (s *EventStoreService) LoadAggregate(ctx context.Context, req *eventgwv1.Lo
 		}
 		return resp, nil
 	}
-	state, err := store.Fold(l)
+	state, err := store.FoldJSON(l)
 	if err != nil {
 		return nil, rewriteError(err)
 	}
-	if req.GetDataAsJson() {
-		resp.StateJson, err = json.Marshal(state)
-	} else {
-		resp.State, err = structpb.NewStruct(state)
-	}
-	if err != nil {
+	if err := setState(resp, state, req.GetDataAsJson()); err != nil {
 		return nil, rewriteError(err)
 	}
 	return resp, nil

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -335,7 +334,9 @@ const eventColumns = `event_id, tenant_id, aggregate_type, aggregate_id, version
 func scanEvent(rows pgx.Rows, e *StoredEvent) error {
 	var id, tenant, agg uuid.UUID
 	var version int32
-	if err := rows.Scan(&id, &tenant, &e.AggregateType, &agg, &version, &e.Type, &e.Data, &e.Metadata, &e.OccurredAt, &e.RecordedAt, &e.Position); err != nil {
+	// As [16]byte, pgx copies the binary value; as uuid.UUID (an sql.Scanner) it would
+	// format and parse text.
+	if err := rows.Scan((*[16]byte)(&id), (*[16]byte)(&tenant), &e.AggregateType, (*[16]byte)(&agg), &version, &e.Type, &e.Data, &e.Metadata, &e.OccurredAt, &e.RecordedAt, &e.Position); err != nil {
 		return err
 	}
 	e.EventID, e.TenantID, e.AggregateID, e.Version = id.String(), tenant.String(), agg.String(), int64(version)
@@ -496,29 +497,6 @@ func (s *Events) Load(ctx context.Context, tenantID, aggregateID string) (*Loade
 		return nil, fmt.Errorf("load aggregate: %w", err)
 	}
 	return l, nil
-}
-
-// Fold folds l into its current state: the snapshot's state, then each event's data
-// applied as an RFC 7386 merge patch.
-func Fold(l *Loaded) (map[string]any, error) {
-	var state any = map[string]any{}
-	if l.Snapshot != nil {
-		if err := json.Unmarshal(l.Snapshot.State, &state); err != nil {
-			return nil, fmt.Errorf("snapshot state: %w", err)
-		}
-	}
-	for i := range l.Tail {
-		var patch any
-		if err := json.Unmarshal(l.Tail[i].Data, &patch); err != nil {
-			return nil, fmt.Errorf("event %s data: %w", l.Tail[i].EventID, err)
-		}
-		state = MergePatch(state, patch)
-	}
-	m, ok := state.(map[string]any)
-	if !ok {
-		m = map[string]any{}
-	}
-	return m, nil
 }
 
 // SaveSnapshot stores state at version. It is refused (ErrSnapshotVersion) when the

@@ -63,57 +63,58 @@ func TestMigrateConcurrently(t *testing.T) {
 }
 
 func TestMergePatchRFC7386(t *testing.T) {
-	// Examples from RFC 7386 section 3.
-	cases := []struct{ target, patch, want any }{
-		{map[string]any{"a": "b"}, map[string]any{"a": "c"}, map[string]any{"a": "c"}},
-		{map[string]any{"a": "b"}, map[string]any{"b": "c"}, map[string]any{"a": "b", "b": "c"}},
-		{map[string]any{"a": "b"}, map[string]any{"a": nil}, map[string]any{}},
-		{map[string]any{"a": "b", "b": "c"}, map[string]any{"a": nil}, map[string]any{"b": "c"}},
-		{map[string]any{"a": []any{"b"}}, map[string]any{"a": "c"}, map[string]any{"a": "c"}},
-		{map[string]any{"a": "c"}, map[string]any{"a": []any{"b"}}, map[string]any{"a": []any{"b"}}},
-		{map[string]any{"a": map[string]any{"b": "c"}}, map[string]any{"a": map[string]any{"b": "d", "c": nil}}, map[string]any{"a": map[string]any{"b": "d"}}},
-		{map[string]any{"a": []any{map[string]any{"b": "c"}}}, map[string]any{"a": []any{1.0}}, map[string]any{"a": []any{1.0}}},
-		{[]any{"a", "b"}, []any{"c", "d"}, []any{"c", "d"}},
-		{map[string]any{"a": "b"}, []any{"c"}, []any{"c"}},
-		{map[string]any{"a": "foo"}, nil, nil},
-		{map[string]any{"e": nil}, map[string]any{"a": 1.0}, map[string]any{"e": nil, "a": 1.0}},
-		{[]any{1.0, 2.0}, map[string]any{"a": "b", "c": nil}, map[string]any{"a": "b"}},
-		{map[string]any{}, map[string]any{"a": map[string]any{"bb": map[string]any{"ccc": nil}}}, map[string]any{"a": map[string]any{"bb": map[string]any{}}}},
+	// The examples of RFC 7386 appendix A, plus nested deletion and big numbers.
+	cases := []struct{ target, patch, want string }{
+		{`{"a":"b"}`, `{"a":"c"}`, `{"a":"c"}`},
+		{`{"a":"b"}`, `{"b":"c"}`, `{"a":"b","b":"c"}`},
+		{`{"a":"b"}`, `{"a":null}`, `{}`},
+		{`{"a":"b","b":"c"}`, `{"a":null}`, `{"b":"c"}`},
+		{`{"a":["b"]}`, `{"a":"c"}`, `{"a":"c"}`},
+		{`{"a":"c"}`, `{"a":["b"]}`, `{"a":["b"]}`},
+		{`{"a":{"b":"c"}}`, `{"a":{"b":"d","c":null}}`, `{"a":{"b":"d"}}`},
+		{`{"a":[{"b":"c"}]}`, `{"a":[1]}`, `{"a":[1]}`},
+		{`["a","b"]`, `["c","d"]`, `["c","d"]`},
+		{`{"a":"b"}`, `["c"]`, `["c"]`},
+		{`{"a":"foo"}`, `null`, `null`},
+		{`{"a":"foo"}`, `"bar"`, `"bar"`},
+		{`{"e":null}`, `{"a":1}`, `{"e":null,"a":1}`},
+		{`[1,2]`, `{"a":"b","c":null}`, `{"a":"b"}`},
+		{`{}`, `{"a":{"bb":{"ccc":null}}}`, `{"a":{"bb":{}}}`},
+		{`{"id":9007199254740993}`, `{"n":1.50}`, `{"id":9007199254740993,"n":1.50}`},
 	}
 	for i, c := range cases {
-		got := store.MergePatch(c.target, c.patch)
-		if !equalJSON(got, c.want) {
-			t.Errorf("case %d: got %#v, want %#v", i, got, c.want)
+		got, err := store.MergePatch([]byte(c.target), []byte(c.patch))
+		if err != nil || string(got) != c.want {
+			t.Errorf("case %d: %s + %s = %s (%v), want %s", i, c.target, c.patch, got, err, c.want)
 		}
+	}
+	if _, err := store.MergePatch([]byte(`{"a":`), []byte(`{}`)); err == nil {
+		t.Error("a malformed target was merged")
 	}
 }
 
-func equalJSON(a, b any) bool {
-	switch av := a.(type) {
-	case map[string]any:
-		bv, ok := b.(map[string]any)
-		if !ok || len(av) != len(bv) {
-			return false
-		}
-		for k, v := range av {
-			w, ok := bv[k]
-			if !ok || !equalJSON(v, w) {
-				return false
-			}
-		}
-		return true
-	case []any:
-		bv, ok := b.([]any)
-		if !ok || len(av) != len(bv) {
-			return false
-		}
-		for i := range av {
-			if !equalJSON(av[i], bv[i]) {
-				return false
-			}
-		}
-		return true
-	default:
-		return a == b
+// A fold starts from the snapshot, applies each event in order, and is {} when the
+// result is not an object.
+func TestFoldJSON(t *testing.T) {
+	l := &store.Loaded{
+		Snapshot: &store.Snapshot{State: []byte(`{"name":{"first":"Ada","last":"L"},"age":36}`)},
+		Tail: []store.StoredEvent{
+			{Data: []byte(`{"name":{"last":"Lovelace"},"phone":"+47 1"}`)},
+			{Data: []byte(`{"age":null,"allergies":["penicillin"]}`)},
+			{Data: []byte(`{"phone":"+47 2"}`)},
+		},
+	}
+	got, err := store.FoldJSON(l)
+	if want := `{"name":{"first":"Ada","last":"Lovelace"},"phone":"+47 2","allergies":["penicillin"]}`; err != nil || string(got) != want {
+		t.Errorf("fold: %s (%v), want %s", got, err, want)
+	}
+	if got, err := store.FoldJSON(&store.Loaded{}); err != nil || string(got) != `{}` {
+		t.Errorf("empty fold: %s (%v)", got, err)
+	}
+	if got, err := store.FoldJSON(&store.Loaded{Tail: []store.StoredEvent{{Data: []byte(`[1]`)}}}); err != nil || string(got) != `{}` {
+		t.Errorf("a fold to a non-object: %s (%v), want {}", got, err)
+	}
+	if _, err := store.FoldJSON(&store.Loaded{Tail: []store.StoredEvent{{EventID: "e1", Data: []byte(`{`)}}}); err == nil {
+		t.Error("malformed event data was folded")
 	}
 }

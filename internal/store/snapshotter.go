@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"time"
 
@@ -69,11 +68,7 @@ func (s *Snapshotter) snapshot(ctx context.Context, j snapJob) error {
 	if len(l.Tail) == 0 {
 		return nil
 	}
-	state, err := Fold(l)
-	if err != nil {
-		return err
-	}
-	b, err := json.Marshal(state)
+	b, err := FoldJSON(l)
 	if err != nil {
 		return err
 	}
