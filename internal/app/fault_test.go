@@ -121,3 +121,53 @@ func TestPublishStreamClientGone(t *testing.T) {
 		t.Fatalf("publish after an abandoned stream: %v", err)
 	}
 }
+
+// A ReplayEvents client that goes away mid-stream: the server ends the stream and gives
+// its PostgreSQL connection back (nothing stays checked out), and replays on.
+func TestReplayClientGoneReleasesConnections(t *testing.T) {
+	s := startSidecar(t, nil)
+	ctx := callCtx(t)
+	evs := make([]*eventgwv1.NewEvent, 100)
+	for i := range evs {
+		evs[i] = newEv(t, "patient.updated", map[string]any{"i": float64(i)})
+	}
+	// Far more than HTTP/2 flow control lets the server send ahead of a client that
+	// stopped reading.
+	for range 50 {
+		for _, e := range evs {
+			e.EventId = "" // a new id per append
+		}
+		if _, err := s.store.AppendEvents(ctx, appendReq(tenantA, uuid.NewString(), noStream, evs...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitOutboxEmpty(t, s.dbURL, 10*time.Second)
+
+	rctx, cancel := context.WithCancel(context.Background())
+	st, err := s.store.ReplayEvents(rctx, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, DataAsJson: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // gone after the first message of 5000 events
+
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics"),
+		`grpc_server_handled_total{grpc_code="Canceled",grpc_method="ReplayEvents"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the server did not end the abandoned replay")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for s.app.Pool.Stat().AcquiredConns() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d PostgreSQL connections still checked out after the client went away", s.app.Pool.Stat().AcquiredConns())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := len(replayAll(t, s, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, DataAsJson: true})); got != 5000 {
+		t.Errorf("a replay after the abandoned one got %d events, want 5000", got)
+	}
+}
