@@ -113,7 +113,9 @@ func TestSidecarKilledLosesNothing(t *testing.T) {
 	if err := first.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	<-first.exited
+	if err := <-first.exited; err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("the sidecar exited with %v, want killed", err)
+	}
 	wg.Wait()
 	t.Logf("killed the sidecar after %d acknowledged appends and %d publishes", total.Load(), len(published))
 	if total.Load() < 400 {

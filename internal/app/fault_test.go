@@ -106,14 +106,7 @@ func TestPublishStreamClientGone(t *testing.T) {
 		t.Fatalf("%d of %d acknowledged events missing from Kafka", missing, len(acked))
 	}
 	// The server saw the stream end, and still serves.
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics"),
-		`grpc_server_handled_total{grpc_code="Canceled",grpc_method="PublishStream"`) {
-		if time.Now().After(deadline) {
-			t.Fatal("the server did not end the abandoned stream")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitStreamCanceled(t, s, "PublishStream", 10*time.Second)
 	if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: &eventgwv1.Event{
 		EventType: "patient.updated",
 		TenantId:  tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)},
@@ -153,14 +146,8 @@ func TestReplayClientGoneReleasesConnections(t *testing.T) {
 	}
 	cancel() // gone after the first message of 5000 events
 
+	waitStreamCanceled(t, s, "ReplayEvents", 10*time.Second)
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics"),
-		`grpc_server_handled_total{grpc_code="Canceled",grpc_method="ReplayEvents"`) {
-		if time.Now().After(deadline) {
-			t.Fatal("the server did not end the abandoned replay")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 	for s.app.Pool.Stat().AcquiredConns() > 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d PostgreSQL connections still checked out after the client went away", s.app.Pool.Stat().AcquiredConns())
@@ -169,5 +156,19 @@ func TestReplayClientGoneReleasesConnections(t *testing.T) {
 	}
 	if got := len(replayAll(t, s, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, DataAsJson: true})); got != 5000 {
 		t.Errorf("a replay after the abandoned one got %d events, want 5000", got)
+	}
+}
+
+// waitStreamCanceled waits until the server's metrics show it ended a method's stream
+// as canceled (its client went away).
+func waitStreamCanceled(t *testing.T, s *sidecar, method string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !strings.Contains(httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics"),
+		`grpc_server_handled_total{grpc_code="Canceled",grpc_method="`+method+`"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server did not end the abandoned %s stream", method)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
