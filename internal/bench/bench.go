@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -171,6 +173,19 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 		return nil, err
 	}
 	defer stack.Close()
+	// Interrupted (Ctrl-C, SIGTERM): stop the private PostgreSQL and remove its folder
+	// rather than leave them behind.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		if _, ok := <-sigs; ok {
+			fmt.Fprintln(os.Stderr, "bench: interrupted; stopping the dev stack")
+			_ = stack.Close()
+			_ = os.RemoveAll(dir)
+			os.Exit(130)
+		}
+	}()
 	var cfg config.Config
 	cfs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	cfg.Register(cfs)
