@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -847,5 +848,45 @@ func TestReplayIntoTopic(t *testing.T) {
 	st, _ := s.store.ReplayEvents(ctx, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, TargetTopic: "bad topic!"})
 	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("bad target topic: %v", err)
+	}
+}
+
+// An appended event reaches Kafka in the wire format of Publish: the CloudEvents
+// envelope (well-known metadata keys fill it, others become extensions), keyed by the
+// aggregate id, with ce_subject and the aggregate type and version.
+func TestOutboxRecordWireFormat(t *testing.T) {
+	s := startSidecar(t, nil)
+	ctx := callCtx(t)
+	agg := uuid.NewString()
+	ev := newEv(t, "patient.created", map[string]any{"first_name": "Ada"})
+	ev.Metadata = map[string]string{"correlation_id": "corr-9", "causation_id": "cmd-3", "source_service": "prm-service",
+		"user_id": "nurse-4", "clinic_site": "oslo"}
+	r, err := s.store.AppendEvents(ctx, appendReq(tenantA, agg, noStream, ev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOutboxEmpty(t, s.dbURL, 10*time.Second)
+	recs := testenv.ConsumeAll(t, s.kafka.Brokers, "healthtech.patient.events")
+	if len(recs) != 1 {
+		t.Fatalf("%d records in Kafka, want 1", len(recs))
+	}
+	rec := recs[0]
+	var value map[string]any
+	if err := json.Unmarshal(rec.Value, &value); err != nil || string(rec.Key) != agg || value["first_name"] != "Ada" || len(value) != 1 {
+		t.Errorf("key %q value %s (%v)", rec.Key, rec.Value, err)
+	}
+	id := readAll(t, s, tenantA, agg)[0].GetEventId()
+	for k, want := range map[string]string{
+		"ce_specversion": "1.0", "ce_id": id, "ce_type": "patient.created", "ce_source": "prm-service",
+		"ce_tenantid": tenantA, "ce_subject": agg, "ce_correlationid": "corr-9", "ce_causationid": "cmd-3",
+		"ce_userid": "nurse-4", "ce_clinicsite": "oslo", "ce_aggregatetype": "Patient",
+		"ce_aggregateversion": "1", "content-type": "application/json",
+	} {
+		if got, ok := header(rec, k); !ok || got != want {
+			t.Errorf("header %s = %q (present %v), want %q", k, got, ok, want)
+		}
+	}
+	if _, ok := header(rec, "ce_time"); !ok || r.GetVersion() != 1 {
+		t.Errorf("no ce_time header, or version %d", r.GetVersion())
 	}
 }

@@ -127,15 +127,36 @@ func (e *Event) Normalize(defaultSource string, lim Limits, now time.Time) error
 	return nil
 }
 
-// EnvelopeKeys are the append metadata keys that fill envelope attributes rather than
-// becoming extensions (see the outbox's mapping).
-var EnvelopeKeys = map[string]bool{"correlation_id": true, "causation_id": true, "user_id": true, "source_user_id": true, "source_service": true}
+// storedEnvelope are the event store's metadata keys that fill envelope attributes of
+// the published event; every other key becomes the extension ce_<key without "_">.
+var storedEnvelope = map[string]func(e *Event, v string){
+	"correlation_id": func(e *Event, v string) { e.CorrelationID = v },
+	"causation_id":   func(e *Event, v string) { e.CausationID = v },
+	"user_id":        func(e *Event, v string) { e.UserID = v },
+	"source_user_id": func(e *Event, v string) { e.UserID = v },
+	"source_service": func(e *Event, v string) { e.Source = v },
+}
 
-// CheckStoredMetadataKey checks that an append's metadata key k (lowercase letters,
-// digits and _) can be published: it becomes the CloudEvents extension ce_<k without
-// underscores>, which must be short enough and not an attribute the gateway sets.
+// SetStoredMetadata applies an appended event's metadata to e (the event published
+// for it through the outbox): see storedEnvelope.
+func (e *Event) SetStoredMetadata(meta map[string]string) {
+	for k, v := range meta {
+		if set, ok := storedEnvelope[k]; ok {
+			set(e, v)
+			continue
+		}
+		if e.Metadata == nil {
+			e.Metadata = make(map[string]string, len(meta))
+		}
+		e.Metadata[strings.ReplaceAll(k, "_", "")] = v
+	}
+}
+
+// CheckStoredMetadataKey checks, at append time, that metadata key k (lowercase
+// letters, digits and _) can be published by SetStoredMetadata: as an extension it must
+// be short enough and not an attribute the gateway sets itself.
 func CheckStoredMetadataKey(k string) error {
-	if EnvelopeKeys[k] {
+	if _, ok := storedEnvelope[k]; ok {
 		return nil
 	}
 	ext := strings.ReplaceAll(k, "_", "")

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -394,8 +393,8 @@ func (r *Relay) deadLetter(ctx context.Context, e *store.StoredEvent, cause erro
 }
 
 // ToEvent turns a stored event into the event published for it: key and ce_subject
-// the aggregate id, plus aggregate type and version headers; well-known metadata keys
-// fill the envelope, other keys become ce_<key> extensions (underscores dropped).
+// the aggregate id, plus aggregate type and version headers; its metadata as
+// event.SetStoredMetadata maps it.
 func ToEvent(e *store.StoredEvent) event.Event {
 	ev := event.Event{
 		ID: e.EventID, Type: e.Type, TenantID: e.TenantID, PayloadJSON: e.Data,
@@ -407,23 +406,7 @@ func ToEvent(e *store.StoredEvent) event.Event {
 	}
 	var meta map[string]string
 	if len(e.Metadata) > 2 && json.Unmarshal(e.Metadata, &meta) == nil {
-		for k, v := range meta {
-			switch k {
-			case "correlation_id":
-				ev.CorrelationID = v
-			case "causation_id":
-				ev.CausationID = v
-			case "user_id", "source_user_id":
-				ev.UserID = v
-			case "source_service":
-				ev.Source = v
-			default: // event.CheckStoredMetadataKey vetted k at append time
-				if ev.Metadata == nil {
-					ev.Metadata = map[string]string{}
-				}
-				ev.Metadata[strings.ReplaceAll(k, "_", "")] = v
-			}
-		}
+		ev.SetStoredMetadata(meta)
 	}
 	return ev
 }

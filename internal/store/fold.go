@@ -66,21 +66,6 @@ func malformedEvent(tail []StoredEvent, err error) error {
 	return fmt.Errorf("events data: %w", err)
 }
 
-// MergePatch applies the RFC 7386 JSON merge patch patch to the JSON document target.
-func MergePatch(target, patch []byte) ([]byte, error) {
-	var pt, pp fastjson.Parser
-	t, err := pt.ParseBytes(target)
-	if err != nil {
-		return nil, fmt.Errorf("target: %w", err)
-	}
-	p, err := pp.ParseBytes(patch)
-	if err != nil {
-		return nil, fmt.Errorf("patch: %w", err)
-	}
-	var a fastjson.Arena
-	return mergePatch(&a, t, p).MarshalTo(nil), nil
-}
-
 // mergePatch merges patch into target (changing target in place when it is an object)
 // and returns the result. target may be nil (absent).
 func mergePatch(a *fastjson.Arena, target, patch *fastjson.Value) *fastjson.Value {
