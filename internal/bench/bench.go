@@ -175,15 +175,17 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 	defer stack.Close()
 	// Interrupted (Ctrl-C, SIGTERM): stop the private PostgreSQL and remove its folder
 	// rather than leave them behind.
-	sigs := make(chan os.Signal, 1)
+	sigs, finished := make(chan os.Signal, 1), make(chan struct{})
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
+	defer func() { signal.Stop(sigs); close(finished) }()
 	go func() {
-		if _, ok := <-sigs; ok {
+		select {
+		case <-sigs:
 			fmt.Fprintln(os.Stderr, "bench: interrupted; stopping the dev stack")
 			_ = stack.Close()
 			_ = os.RemoveAll(dir)
 			os.Exit(130)
+		case <-finished:
 		}
 	}()
 	var cfg config.Config
