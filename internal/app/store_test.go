@@ -859,8 +859,10 @@ func TestOutboxRecordWireFormat(t *testing.T) {
 	ctx := callCtx(t)
 	agg := uuid.NewString()
 	ev := newEv(t, "patient.created", map[string]any{"first_name": "Ada"})
-	ev.Metadata = map[string]string{"correlation_id": "corr-9", "causation_id": "cmd-3", "source_service": "prm-service",
-		"user_id": "nurse-4", "clinic_site": "oslo"}
+	ev.Metadata = map[string]string{
+		"correlation_id": "corr-9", "causation_id": "cmd-3", "source_service": "prm-service",
+		"user_id": "nurse-4", "clinic_site": "oslo",
+	}
 	r, err := s.store.AppendEvents(ctx, appendReq(tenantA, agg, noStream, ev))
 	if err != nil {
 		t.Fatal(err)
