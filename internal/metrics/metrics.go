@@ -10,6 +10,19 @@ type Metrics struct {
 	Published       *prometheus.CounterVec
 	PublishDuration *prometheus.HistogramVec
 	PublishErrors   *prometheus.CounterVec
+
+	// Consumed counts deliveries acknowledged (service, subscription, topic).
+	Consumed *prometheus.CounterVec
+	// Processing is the time from a delivery to its ack (service, subscription).
+	Processing *prometheus.HistogramVec
+	// Lag is the messages of a partition not yet committed by a subscription
+	// (service, subscription, topic, partition).
+	Lag *prometheus.GaugeVec
+	// DLQMessages counts events written to a dead-letter topic (service, topic: the
+	// DLQ topic).
+	DLQMessages *prometheus.CounterVec
+	// DLQRetries counts failed events published again (service, topic: the original).
+	DLQRetries *prometheus.CounterVec
 }
 
 // New registers the metrics on reg.
@@ -28,7 +41,29 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "event_publish_errors_total",
 			Help: "Events not published, by reason (invalid, unavailable, timeout).",
 		}, []string{"service", "event_type", "reason"}),
+		Consumed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "event_consumed_total",
+			Help: "Deliveries acknowledged by subscribers.",
+		}, []string{"service", "subscription", "topic"}),
+		Processing: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "event_processing_duration_seconds",
+			Help:    "Time from a delivery to its acknowledgement.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"service", "subscription"}),
+		Lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "consumer_lag_messages",
+			Help: "Messages of a partition after the subscription's committed offset (high watermark minus committed).",
+		}, []string{"service", "subscription", "topic", "partition"}),
+		DLQMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dlq_messages_total",
+			Help: "Events written to a dead-letter topic.",
+		}, []string{"service", "topic"}),
+		DLQRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "dlq_retries_total",
+			Help: "Failed events published again to their original topic.",
+		}, []string{"service", "topic"}),
 	}
-	reg.MustRegister(m.Published, m.PublishDuration, m.PublishErrors)
+	reg.MustRegister(m.Published, m.PublishDuration, m.PublishErrors,
+		m.Consumed, m.Processing, m.Lag, m.DLQMessages, m.DLQRetries)
 	return m
 }

@@ -48,6 +48,10 @@ func rewriteError(err error) error {
 		return st.Err()
 	case errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.NotFound, "aggregate not found")
+	case errors.Is(err, store.ErrFailedEventNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrFailedEventResolved):
+		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, store.ErrEventIDTaken), errors.Is(err, store.ErrPartialDuplicate):
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.As(err, &te):

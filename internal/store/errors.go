@@ -15,6 +15,11 @@ var (
 	ErrPartialDuplicate = errors.New("some event ids of this append are already stored (a retry must resend the same events)")
 	// ErrSnapshotVersion: a snapshot at a version that does not exist or is older than the latest.
 	ErrSnapshotVersion = errors.New("snapshot version refused")
+	// ErrFailedEventNotFound: no such failed event for this tenant (another tenant's
+	// rows are reported the same way).
+	ErrFailedEventNotFound = errors.New("failed event not found")
+	// ErrFailedEventResolved: the failed event is resolved and can no longer be retried.
+	ErrFailedEventResolved = errors.New("failed event is resolved")
 )
 
 // ConflictError is a failed optimistic-concurrency check.

@@ -24,20 +24,33 @@ const (
 )
 
 type FailedEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	TenantId      string                 `protobuf:"bytes,2,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	EventId       string                 `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
-	EventType     string                 `protobuf:"bytes,4,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
-	EventPayload  *structpb.Struct       `protobuf:"bytes,5,opt,name=event_payload,json=eventPayload,proto3" json:"event_payload,omitempty"`
-	ErrorType     string                 `protobuf:"bytes,6,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
-	ErrorMessage  string                 `protobuf:"bytes,7,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
-	RetryCount    int32                  `protobuf:"varint,8,opt,name=retry_count,json=retryCount,proto3" json:"retry_count,omitempty"`
-	FailedAt      *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
-	Retried       bool                   `protobuf:"varint,10,opt,name=retried,proto3" json:"retried,omitempty"`
-	Resolved      bool                   `protobuf:"varint,11,opt,name=resolved,proto3" json:"resolved,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	TenantId  string                 `protobuf:"bytes,2,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	EventId   string                 `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	EventType string                 `protobuf:"bytes,4,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// The event's payload as JSON (Avro payloads decoded); a payload that was not JSON
+	// is {"base64": "..."}.
+	EventPayload *structpb.Struct `protobuf:"bytes,5,opt,name=event_payload,json=eventPayload,proto3" json:"event_payload,omitempty"`
+	ErrorType    string           `protobuf:"bytes,6,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
+	ErrorMessage string           `protobuf:"bytes,7,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// Redeliveries before the event was dead-lettered (attempts - 1).
+	RetryCount int32                  `protobuf:"varint,8,opt,name=retry_count,json=retryCount,proto3" json:"retry_count,omitempty"`
+	FailedAt   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
+	Retried    bool                   `protobuf:"varint,10,opt,name=retried,proto3" json:"retried,omitempty"`
+	Resolved   bool                   `protobuf:"varint,11,opt,name=resolved,proto3" json:"resolved,omitempty"`
+	// Where the event was consumed from, and by which subscription (empty for
+	// SendToDeadLetter without them).
+	Subscription string `protobuf:"bytes,12,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	Topic        string `protobuf:"bytes,13,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition    int32  `protobuf:"varint,14,opt,name=partition,proto3" json:"partition,omitempty"`
+	Offset       int64  `protobuf:"varint,15,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The dead-letter topic the event was written to.
+	DlqTopic string `protobuf:"bytes,16,opt,name=dlq_topic,json=dlqTopic,proto3" json:"dlq_topic,omitempty"`
+	// Times RetryFailedEvents published it again.
+	RetriesPublished int32 `protobuf:"varint,17,opt,name=retries_published,json=retriesPublished,proto3" json:"retries_published,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *FailedEvent) Reset() {
@@ -147,15 +160,65 @@ func (x *FailedEvent) GetResolved() bool {
 	return false
 }
 
+func (x *FailedEvent) GetSubscription() string {
+	if x != nil {
+		return x.Subscription
+	}
+	return ""
+}
+
+func (x *FailedEvent) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *FailedEvent) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *FailedEvent) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *FailedEvent) GetDlqTopic() string {
+	if x != nil {
+		return x.DlqTopic
+	}
+	return ""
+}
+
+func (x *FailedEvent) GetRetriesPublished() int32 {
+	if x != nil {
+		return x.RetriesPublished
+	}
+	return 0
+}
+
 type ListFailedEventsRequest struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	TenantId        string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	EventType       string                 `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
-	IncludeResolved bool                   `protobuf:"varint,3,opt,name=include_resolved,json=includeResolved,proto3" json:"include_resolved,omitempty"`
-	PageSize        int32                  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken       string                 `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Filters; empty matches all.
+	EventType       string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	IncludeResolved bool   `protobuf:"varint,3,opt,name=include_resolved,json=includeResolved,proto3" json:"include_resolved,omitempty"`
+	// Most rows per page (default 100, at most 1000).
+	PageSize int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// next_page_token of the previous page.
+	PageToken    string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Subscription string `protobuf:"bytes,6,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	// Failed at or after / before these times.
+	FailedAfter   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=failed_after,json=failedAfter,proto3" json:"failed_after,omitempty"`
+	FailedBefore  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=failed_before,json=failedBefore,proto3" json:"failed_before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListFailedEventsRequest) Reset() {
@@ -223,10 +286,32 @@ func (x *ListFailedEventsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListFailedEventsRequest) GetSubscription() string {
+	if x != nil {
+		return x.Subscription
+	}
+	return ""
+}
+
+func (x *ListFailedEventsRequest) GetFailedAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailedAfter
+	}
+	return nil
+}
+
+func (x *ListFailedEventsRequest) GetFailedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailedBefore
+	}
+	return nil
+}
+
 type ListFailedEventsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	FailedEvents  []*FailedEvent         `protobuf:"bytes,1,rep,name=failed_events,json=failedEvents,proto3" json:"failed_events,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	FailedEvents []*FailedEvent         `protobuf:"bytes,1,rep,name=failed_events,json=failedEvents,proto3" json:"failed_events,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -276,9 +361,11 @@ func (x *ListFailedEventsResponse) GetNextPageToken() string {
 }
 
 type RetryFailedEventsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TenantId      string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	Ids           []string               `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Failed event ids (at most 1000). Resolved ones are refused.
+	Ids           []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -328,8 +415,10 @@ func (x *RetryFailedEventsRequest) GetIds() []string {
 }
 
 type RetryFailedEventsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Retried       int32                  `protobuf:"varint,1,opt,name=retried,proto3" json:"retried,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Retried int32                  `protobuf:"varint,1,opt,name=retried,proto3" json:"retried,omitempty"`
+	// Where each event was published again, in request order.
+	Results       []*PublishResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -371,10 +460,18 @@ func (x *RetryFailedEventsResponse) GetRetried() int32 {
 	return 0
 }
 
+func (x *RetryFailedEventsResponse) GetResults() []*PublishResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type ResolveFailedEventRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TenantId      string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required.
+	TenantId      string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -459,12 +556,159 @@ func (*ResolveFailedEventResponse) Descriptor() ([]byte, []int) {
 	return file_eventgw_v1_dead_letter_proto_rawDescGZIP(), []int{6}
 }
 
+type SendToDeadLetterRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The failed event; its domain picks the dead-letter topic.
+	Event        *Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	ErrorType    string `protobuf:"bytes,2,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
+	ErrorMessage string `protobuf:"bytes,3,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	RetryCount   int32  `protobuf:"varint,4,opt,name=retry_count,json=retryCount,proto3" json:"retry_count,omitempty"`
+	// The guide's metadata (such as {"service": "prm-service"}), as dlq_<key> headers.
+	Metadata      map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendToDeadLetterRequest) Reset() {
+	*x = SendToDeadLetterRequest{}
+	mi := &file_eventgw_v1_dead_letter_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendToDeadLetterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendToDeadLetterRequest) ProtoMessage() {}
+
+func (x *SendToDeadLetterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_eventgw_v1_dead_letter_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendToDeadLetterRequest.ProtoReflect.Descriptor instead.
+func (*SendToDeadLetterRequest) Descriptor() ([]byte, []int) {
+	return file_eventgw_v1_dead_letter_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SendToDeadLetterRequest) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *SendToDeadLetterRequest) GetErrorType() string {
+	if x != nil {
+		return x.ErrorType
+	}
+	return ""
+}
+
+func (x *SendToDeadLetterRequest) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
+func (x *SendToDeadLetterRequest) GetRetryCount() int32 {
+	if x != nil {
+		return x.RetryCount
+	}
+	return 0
+}
+
+func (x *SendToDeadLetterRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+type SendToDeadLetterResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The failed_events row's id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	DlqTopic      string `protobuf:"bytes,2,opt,name=dlq_topic,json=dlqTopic,proto3" json:"dlq_topic,omitempty"`
+	Partition     int32  `protobuf:"varint,3,opt,name=partition,proto3" json:"partition,omitempty"`
+	Offset        int64  `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendToDeadLetterResponse) Reset() {
+	*x = SendToDeadLetterResponse{}
+	mi := &file_eventgw_v1_dead_letter_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendToDeadLetterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendToDeadLetterResponse) ProtoMessage() {}
+
+func (x *SendToDeadLetterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_eventgw_v1_dead_letter_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendToDeadLetterResponse.ProtoReflect.Descriptor instead.
+func (*SendToDeadLetterResponse) Descriptor() ([]byte, []int) {
+	return file_eventgw_v1_dead_letter_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *SendToDeadLetterResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SendToDeadLetterResponse) GetDlqTopic() string {
+	if x != nil {
+		return x.DlqTopic
+	}
+	return ""
+}
+
+func (x *SendToDeadLetterResponse) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *SendToDeadLetterResponse) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 var File_eventgw_v1_dead_letter_proto protoreflect.FileDescriptor
 
 const file_eventgw_v1_dead_letter_proto_rawDesc = "" +
 	"\n" +
 	"\x1ceventgw/v1/dead_letter.proto\x12\n" +
-	"eventgw.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x03\n" +
+	"eventgw.v1\x1a\x16eventgw/v1/event.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x04\n" +
 	"\vFailedEvent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x19\n" +
@@ -480,7 +724,13 @@ const file_eventgw_v1_dead_letter_proto_rawDesc = "" +
 	"\tfailed_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x18\n" +
 	"\aretried\x18\n" +
 	" \x01(\bR\aretried\x12\x1a\n" +
-	"\bresolved\x18\v \x01(\bR\bresolved\"\xbc\x01\n" +
+	"\bresolved\x18\v \x01(\bR\bresolved\x12\"\n" +
+	"\fsubscription\x18\f \x01(\tR\fsubscription\x12\x14\n" +
+	"\x05topic\x18\r \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x0e \x01(\x05R\tpartition\x12\x16\n" +
+	"\x06offset\x18\x0f \x01(\x03R\x06offset\x12\x1b\n" +
+	"\tdlq_topic\x18\x10 \x01(\tR\bdlqTopic\x12+\n" +
+	"\x11retries_published\x18\x11 \x01(\x05R\x10retriesPublished\"\xe0\x02\n" +
 	"\x17ListFailedEventsRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x1d\n" +
 	"\n" +
@@ -488,23 +738,44 @@ const file_eventgw_v1_dead_letter_proto_rawDesc = "" +
 	"\x10include_resolved\x18\x03 \x01(\bR\x0fincludeResolved\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"\x80\x01\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12\"\n" +
+	"\fsubscription\x18\x06 \x01(\tR\fsubscription\x12=\n" +
+	"\ffailed_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vfailedAfter\x12?\n" +
+	"\rfailed_before\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\ffailedBefore\"\x80\x01\n" +
 	"\x18ListFailedEventsResponse\x12<\n" +
 	"\rfailed_events\x18\x01 \x03(\v2\x17.eventgw.v1.FailedEventR\ffailedEvents\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"I\n" +
 	"\x18RetryFailedEventsRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x10\n" +
-	"\x03ids\x18\x02 \x03(\tR\x03ids\"5\n" +
+	"\x03ids\x18\x02 \x03(\tR\x03ids\"j\n" +
 	"\x19RetryFailedEventsResponse\x12\x18\n" +
-	"\aretried\x18\x01 \x01(\x05R\aretried\"H\n" +
+	"\aretried\x18\x01 \x01(\x05R\aretried\x123\n" +
+	"\aresults\x18\x02 \x03(\v2\x19.eventgw.v1.PublishResultR\aresults\"H\n" +
 	"\x19ResolveFailedEventRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\x1c\n" +
-	"\x1aResolveFailedEventResponse2\xb9\x02\n" +
+	"\x1aResolveFailedEventResponse\"\xb3\x02\n" +
+	"\x17SendToDeadLetterRequest\x12'\n" +
+	"\x05event\x18\x01 \x01(\v2\x11.eventgw.v1.EventR\x05event\x12\x1d\n" +
+	"\n" +
+	"error_type\x18\x02 \x01(\tR\terrorType\x12#\n" +
+	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage\x12\x1f\n" +
+	"\vretry_count\x18\x04 \x01(\x05R\n" +
+	"retryCount\x12M\n" +
+	"\bmetadata\x18\x05 \x03(\v21.eventgw.v1.SendToDeadLetterRequest.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"}\n" +
+	"\x18SendToDeadLetterResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tdlq_topic\x18\x02 \x01(\tR\bdlqTopic\x12\x1c\n" +
+	"\tpartition\x18\x03 \x01(\x05R\tpartition\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x03R\x06offset2\x98\x03\n" +
 	"\x11DeadLetterService\x12]\n" +
 	"\x10ListFailedEvents\x12#.eventgw.v1.ListFailedEventsRequest\x1a$.eventgw.v1.ListFailedEventsResponse\x12`\n" +
 	"\x11RetryFailedEvents\x12$.eventgw.v1.RetryFailedEventsRequest\x1a%.eventgw.v1.RetryFailedEventsResponse\x12c\n" +
-	"\x12ResolveFailedEvent\x12%.eventgw.v1.ResolveFailedEventRequest\x1a&.eventgw.v1.ResolveFailedEventResponseB5Z3github.com/eventgw/eventgw/gen/eventgw/v1;eventgwv1b\x06proto3"
+	"\x12ResolveFailedEvent\x12%.eventgw.v1.ResolveFailedEventRequest\x1a&.eventgw.v1.ResolveFailedEventResponse\x12]\n" +
+	"\x10SendToDeadLetter\x12#.eventgw.v1.SendToDeadLetterRequest\x1a$.eventgw.v1.SendToDeadLetterResponseB5Z3github.com/eventgw/eventgw/gen/eventgw/v1;eventgwv1b\x06proto3"
 
 var (
 	file_eventgw_v1_dead_letter_proto_rawDescOnce sync.Once
@@ -518,7 +789,7 @@ func file_eventgw_v1_dead_letter_proto_rawDescGZIP() []byte {
 	return file_eventgw_v1_dead_letter_proto_rawDescData
 }
 
-var file_eventgw_v1_dead_letter_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_eventgw_v1_dead_letter_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_eventgw_v1_dead_letter_proto_goTypes = []any{
 	(*FailedEvent)(nil),                // 0: eventgw.v1.FailedEvent
 	(*ListFailedEventsRequest)(nil),    // 1: eventgw.v1.ListFailedEventsRequest
@@ -527,24 +798,36 @@ var file_eventgw_v1_dead_letter_proto_goTypes = []any{
 	(*RetryFailedEventsResponse)(nil),  // 4: eventgw.v1.RetryFailedEventsResponse
 	(*ResolveFailedEventRequest)(nil),  // 5: eventgw.v1.ResolveFailedEventRequest
 	(*ResolveFailedEventResponse)(nil), // 6: eventgw.v1.ResolveFailedEventResponse
-	(*structpb.Struct)(nil),            // 7: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),      // 8: google.protobuf.Timestamp
+	(*SendToDeadLetterRequest)(nil),    // 7: eventgw.v1.SendToDeadLetterRequest
+	(*SendToDeadLetterResponse)(nil),   // 8: eventgw.v1.SendToDeadLetterResponse
+	nil,                                // 9: eventgw.v1.SendToDeadLetterRequest.MetadataEntry
+	(*structpb.Struct)(nil),            // 10: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),      // 11: google.protobuf.Timestamp
+	(*PublishResult)(nil),              // 12: eventgw.v1.PublishResult
+	(*Event)(nil),                      // 13: eventgw.v1.Event
 }
 var file_eventgw_v1_dead_letter_proto_depIdxs = []int32{
-	7, // 0: eventgw.v1.FailedEvent.event_payload:type_name -> google.protobuf.Struct
-	8, // 1: eventgw.v1.FailedEvent.failed_at:type_name -> google.protobuf.Timestamp
-	0, // 2: eventgw.v1.ListFailedEventsResponse.failed_events:type_name -> eventgw.v1.FailedEvent
-	1, // 3: eventgw.v1.DeadLetterService.ListFailedEvents:input_type -> eventgw.v1.ListFailedEventsRequest
-	3, // 4: eventgw.v1.DeadLetterService.RetryFailedEvents:input_type -> eventgw.v1.RetryFailedEventsRequest
-	5, // 5: eventgw.v1.DeadLetterService.ResolveFailedEvent:input_type -> eventgw.v1.ResolveFailedEventRequest
-	2, // 6: eventgw.v1.DeadLetterService.ListFailedEvents:output_type -> eventgw.v1.ListFailedEventsResponse
-	4, // 7: eventgw.v1.DeadLetterService.RetryFailedEvents:output_type -> eventgw.v1.RetryFailedEventsResponse
-	6, // 8: eventgw.v1.DeadLetterService.ResolveFailedEvent:output_type -> eventgw.v1.ResolveFailedEventResponse
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	10, // 0: eventgw.v1.FailedEvent.event_payload:type_name -> google.protobuf.Struct
+	11, // 1: eventgw.v1.FailedEvent.failed_at:type_name -> google.protobuf.Timestamp
+	11, // 2: eventgw.v1.ListFailedEventsRequest.failed_after:type_name -> google.protobuf.Timestamp
+	11, // 3: eventgw.v1.ListFailedEventsRequest.failed_before:type_name -> google.protobuf.Timestamp
+	0,  // 4: eventgw.v1.ListFailedEventsResponse.failed_events:type_name -> eventgw.v1.FailedEvent
+	12, // 5: eventgw.v1.RetryFailedEventsResponse.results:type_name -> eventgw.v1.PublishResult
+	13, // 6: eventgw.v1.SendToDeadLetterRequest.event:type_name -> eventgw.v1.Event
+	9,  // 7: eventgw.v1.SendToDeadLetterRequest.metadata:type_name -> eventgw.v1.SendToDeadLetterRequest.MetadataEntry
+	1,  // 8: eventgw.v1.DeadLetterService.ListFailedEvents:input_type -> eventgw.v1.ListFailedEventsRequest
+	3,  // 9: eventgw.v1.DeadLetterService.RetryFailedEvents:input_type -> eventgw.v1.RetryFailedEventsRequest
+	5,  // 10: eventgw.v1.DeadLetterService.ResolveFailedEvent:input_type -> eventgw.v1.ResolveFailedEventRequest
+	7,  // 11: eventgw.v1.DeadLetterService.SendToDeadLetter:input_type -> eventgw.v1.SendToDeadLetterRequest
+	2,  // 12: eventgw.v1.DeadLetterService.ListFailedEvents:output_type -> eventgw.v1.ListFailedEventsResponse
+	4,  // 13: eventgw.v1.DeadLetterService.RetryFailedEvents:output_type -> eventgw.v1.RetryFailedEventsResponse
+	6,  // 14: eventgw.v1.DeadLetterService.ResolveFailedEvent:output_type -> eventgw.v1.ResolveFailedEventResponse
+	8,  // 15: eventgw.v1.DeadLetterService.SendToDeadLetter:output_type -> eventgw.v1.SendToDeadLetterResponse
+	12, // [12:16] is the sub-list for method output_type
+	8,  // [8:12] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_eventgw_v1_dead_letter_proto_init() }
@@ -552,13 +835,14 @@ func file_eventgw_v1_dead_letter_proto_init() {
 	if File_eventgw_v1_dead_letter_proto != nil {
 		return
 	}
+	file_eventgw_v1_event_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eventgw_v1_dead_letter_proto_rawDesc), len(file_eventgw_v1_dead_letter_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ const (
 	DeadLetterService_ListFailedEvents_FullMethodName   = "/eventgw.v1.DeadLetterService/ListFailedEvents"
 	DeadLetterService_RetryFailedEvents_FullMethodName  = "/eventgw.v1.DeadLetterService/RetryFailedEvents"
 	DeadLetterService_ResolveFailedEvent_FullMethodName = "/eventgw.v1.DeadLetterService/ResolveFailedEvent"
+	DeadLetterService_SendToDeadLetter_FullMethodName   = "/eventgw.v1.DeadLetterService/SendToDeadLetter"
 )
 
 // DeadLetterServiceClient is the client API for DeadLetterService service.
@@ -29,11 +30,20 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // DeadLetterService inspects, retries and resolves events that failed processing
-// (the failed_events table and the <prefix>.dlq.<domain> topics).
+// (the failed_events table and the <prefix>.dlq.<domain> topics). Every call names a
+// tenant and sees only that tenant's rows.
 type DeadLetterServiceClient interface {
+	// ListFailedEvents lists a tenant's failed events, newest first, in pages.
 	ListFailedEvents(ctx context.Context, in *ListFailedEventsRequest, opts ...grpc.CallOption) (*ListFailedEventsResponse, error)
+	// RetryFailedEvents publishes failed events again to their original topic (the same
+	// key, value and headers) and marks them retried.
 	RetryFailedEvents(ctx context.Context, in *RetryFailedEventsRequest, opts ...grpc.CallOption) (*RetryFailedEventsResponse, error)
+	// ResolveFailedEvent marks a failed event as handled; it is no longer listed by
+	// default and cannot be retried.
 	ResolveFailedEvent(ctx context.Context, in *ResolveFailedEventRequest, opts ...grpc.CallOption) (*ResolveFailedEventResponse, error)
+	// SendToDeadLetter is the guide's send_to_dlq: dead-letter an event the caller got
+	// elsewhere (its DLQ topic and a failed_events row).
+	SendToDeadLetter(ctx context.Context, in *SendToDeadLetterRequest, opts ...grpc.CallOption) (*SendToDeadLetterResponse, error)
 }
 
 type deadLetterServiceClient struct {
@@ -74,16 +84,35 @@ func (c *deadLetterServiceClient) ResolveFailedEvent(ctx context.Context, in *Re
 	return out, nil
 }
 
+func (c *deadLetterServiceClient) SendToDeadLetter(ctx context.Context, in *SendToDeadLetterRequest, opts ...grpc.CallOption) (*SendToDeadLetterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SendToDeadLetterResponse)
+	err := c.cc.Invoke(ctx, DeadLetterService_SendToDeadLetter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DeadLetterServiceServer is the server API for DeadLetterService service.
 // All implementations must embed UnimplementedDeadLetterServiceServer
 // for forward compatibility.
 //
 // DeadLetterService inspects, retries and resolves events that failed processing
-// (the failed_events table and the <prefix>.dlq.<domain> topics).
+// (the failed_events table and the <prefix>.dlq.<domain> topics). Every call names a
+// tenant and sees only that tenant's rows.
 type DeadLetterServiceServer interface {
+	// ListFailedEvents lists a tenant's failed events, newest first, in pages.
 	ListFailedEvents(context.Context, *ListFailedEventsRequest) (*ListFailedEventsResponse, error)
+	// RetryFailedEvents publishes failed events again to their original topic (the same
+	// key, value and headers) and marks them retried.
 	RetryFailedEvents(context.Context, *RetryFailedEventsRequest) (*RetryFailedEventsResponse, error)
+	// ResolveFailedEvent marks a failed event as handled; it is no longer listed by
+	// default and cannot be retried.
 	ResolveFailedEvent(context.Context, *ResolveFailedEventRequest) (*ResolveFailedEventResponse, error)
+	// SendToDeadLetter is the guide's send_to_dlq: dead-letter an event the caller got
+	// elsewhere (its DLQ topic and a failed_events row).
+	SendToDeadLetter(context.Context, *SendToDeadLetterRequest) (*SendToDeadLetterResponse, error)
 	mustEmbedUnimplementedDeadLetterServiceServer()
 }
 
@@ -102,6 +131,9 @@ func (UnimplementedDeadLetterServiceServer) RetryFailedEvents(context.Context, *
 }
 func (UnimplementedDeadLetterServiceServer) ResolveFailedEvent(context.Context, *ResolveFailedEventRequest) (*ResolveFailedEventResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResolveFailedEvent not implemented")
+}
+func (UnimplementedDeadLetterServiceServer) SendToDeadLetter(context.Context, *SendToDeadLetterRequest) (*SendToDeadLetterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SendToDeadLetter not implemented")
 }
 func (UnimplementedDeadLetterServiceServer) mustEmbedUnimplementedDeadLetterServiceServer() {}
 func (UnimplementedDeadLetterServiceServer) testEmbeddedByValue()                           {}
@@ -178,6 +210,24 @@ func _DeadLetterService_ResolveFailedEvent_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DeadLetterService_SendToDeadLetter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SendToDeadLetterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DeadLetterServiceServer).SendToDeadLetter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DeadLetterService_SendToDeadLetter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DeadLetterServiceServer).SendToDeadLetter(ctx, req.(*SendToDeadLetterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DeadLetterService_ServiceDesc is the grpc.ServiceDesc for DeadLetterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -196,6 +246,10 @@ var DeadLetterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResolveFailedEvent",
 			Handler:    _DeadLetterService_ResolveFailedEvent_Handler,
+		},
+		{
+			MethodName: "SendToDeadLetter",
+			Handler:    _DeadLetterService_SendToDeadLetter_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

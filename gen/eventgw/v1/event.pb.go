@@ -23,6 +23,171 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// StartPosition is where a subscription that has no committed offsets yet (a new
+// consumer group) starts reading.
+type StartPosition int32
+
+const (
+	// Latest: only events published after the group first joined.
+	StartPosition_START_POSITION_UNSPECIFIED StartPosition = 0
+	StartPosition_START_POSITION_LATEST      StartPosition = 1
+	// Earliest: everything the topics still retain.
+	StartPosition_START_POSITION_EARLIEST StartPosition = 2
+)
+
+// Enum value maps for StartPosition.
+var (
+	StartPosition_name = map[int32]string{
+		0: "START_POSITION_UNSPECIFIED",
+		1: "START_POSITION_LATEST",
+		2: "START_POSITION_EARLIEST",
+	}
+	StartPosition_value = map[string]int32{
+		"START_POSITION_UNSPECIFIED": 0,
+		"START_POSITION_LATEST":      1,
+		"START_POSITION_EARLIEST":    2,
+	}
+)
+
+func (x StartPosition) Enum() *StartPosition {
+	p := new(StartPosition)
+	*p = x
+	return p
+}
+
+func (x StartPosition) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StartPosition) Descriptor() protoreflect.EnumDescriptor {
+	return file_eventgw_v1_event_proto_enumTypes[0].Descriptor()
+}
+
+func (StartPosition) Type() protoreflect.EnumType {
+	return &file_eventgw_v1_event_proto_enumTypes[0]
+}
+
+func (x StartPosition) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StartPosition.Descriptor instead.
+func (StartPosition) EnumDescriptor() ([]byte, []int) {
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{0}
+}
+
+// Ordering is which deliveries wait for earlier ones to be acknowledged.
+type Ordering int32
+
+const (
+	// Key (the default).
+	Ordering_ORDERING_UNSPECIFIED Ordering = 0
+	// Deliveries with the same Kafka key (the tenant, or the aggregate for event-store
+	// events) in the same partition are delivered one at a time, in offset order;
+	// different keys run in parallel up to max_in_flight.
+	Ordering_ORDERING_KEY Ordering = 1
+	// One delivery at a time per partition, in offset order.
+	Ordering_ORDERING_PARTITION Ordering = 2
+	// No ordering: every event is delivered as soon as there is room.
+	Ordering_ORDERING_NONE Ordering = 3
+)
+
+// Enum value maps for Ordering.
+var (
+	Ordering_name = map[int32]string{
+		0: "ORDERING_UNSPECIFIED",
+		1: "ORDERING_KEY",
+		2: "ORDERING_PARTITION",
+		3: "ORDERING_NONE",
+	}
+	Ordering_value = map[string]int32{
+		"ORDERING_UNSPECIFIED": 0,
+		"ORDERING_KEY":         1,
+		"ORDERING_PARTITION":   2,
+		"ORDERING_NONE":        3,
+	}
+)
+
+func (x Ordering) Enum() *Ordering {
+	p := new(Ordering)
+	*p = x
+	return p
+}
+
+func (x Ordering) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Ordering) Descriptor() protoreflect.EnumDescriptor {
+	return file_eventgw_v1_event_proto_enumTypes[1].Descriptor()
+}
+
+func (Ordering) Type() protoreflect.EnumType {
+	return &file_eventgw_v1_event_proto_enumTypes[1]
+}
+
+func (x Ordering) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Ordering.Descriptor instead.
+func (Ordering) EnumDescriptor() ([]byte, []int) {
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{1}
+}
+
+// NackAction is what happens to a nacked event.
+type NackAction int32
+
+const (
+	// Retry (the default).
+	NackAction_NACK_ACTION_UNSPECIFIED NackAction = 0
+	// Deliver again after a backoff with jitter, until max_attempts, then dead-letter.
+	NackAction_NACK_ACTION_RETRY NackAction = 1
+	// Dead-letter now: retrying will not help (a poison event).
+	NackAction_NACK_ACTION_DEAD_LETTER NackAction = 2
+)
+
+// Enum value maps for NackAction.
+var (
+	NackAction_name = map[int32]string{
+		0: "NACK_ACTION_UNSPECIFIED",
+		1: "NACK_ACTION_RETRY",
+		2: "NACK_ACTION_DEAD_LETTER",
+	}
+	NackAction_value = map[string]int32{
+		"NACK_ACTION_UNSPECIFIED": 0,
+		"NACK_ACTION_RETRY":       1,
+		"NACK_ACTION_DEAD_LETTER": 2,
+	}
+)
+
+func (x NackAction) Enum() *NackAction {
+	p := new(NackAction)
+	*p = x
+	return p
+}
+
+func (x NackAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NackAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_eventgw_v1_event_proto_enumTypes[2].Descriptor()
+}
+
+func (NackAction) Type() protoreflect.EnumType {
+	return &file_eventgw_v1_event_proto_enumTypes[2]
+}
+
+func (x NackAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NackAction.Descriptor instead.
+func (NackAction) EnumDescriptor() ([]byte, []int) {
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{2}
+}
+
 // Event is one event to publish (the guide's publish_event arguments).
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -709,18 +874,39 @@ func (x *PublishStreamResponse) GetError() *EventError {
 
 type SubscribeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Subscription name; used as the Kafka consumer group id.
+	// Subscription name; it is the Kafka consumer group id. Streams with the same name,
+	// on this sidecar or others, share the partitions. Defaults to the sidecar's
+	// --service-name (the guide's create_consumer_for_service).
 	Subscription string `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
-	// Topics, or domains (such as "patient") that are mapped to their topics.
+	// Topics of the gateway's namespace (<prefix>.<domain>.events), or domains (such as
+	// "patient") that stand for their topics. At least one.
 	Topics []string `protobuf:"bytes,2,rep,name=topics,proto3" json:"topics,omitempty"`
-	// Only deliver these event types (all when empty).
+	// Only deliver these event types (all when empty). Other events are committed
+	// without being delivered.
 	EventTypes []string `protobuf:"bytes,3,rep,name=event_types,json=eventTypes,proto3" json:"event_types,omitempty"`
-	// Deliveries in flight before acks are required (default 100).
+	// Most unacknowledged deliveries this stream holds (default 100, at most 10000).
 	MaxInFlight int32 `protobuf:"varint,4,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
-	// Seconds before an unacked delivery is redelivered (default 30).
+	// Seconds before an unacknowledged delivery is delivered again, which counts an
+	// attempt (default 30, 1-3600).
 	AckDeadlineSeconds int32 `protobuf:"varint,5,opt,name=ack_deadline_seconds,json=ackDeadlineSeconds,proto3" json:"ack_deadline_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Deliveries of one event before it goes to the dead-letter topic (default 5, 1-100).
+	MaxAttempts int32 `protobuf:"varint,6,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// Where a new subscription starts (default latest).
+	StartPosition StartPosition `protobuf:"varint,7,opt,name=start_position,json=startPosition,proto3,enum=eventgw.v1.StartPosition" json:"start_position,omitempty"`
+	// Which deliveries wait for earlier ones (default key).
+	Ordering Ordering `protobuf:"varint,8,opt,name=ordering,proto3,enum=eventgw.v1.Ordering" json:"ordering,omitempty"`
+	// Deliver payloads as raw JSON bytes (Delivery.payload_json) instead of a Struct:
+	// cheaper for clients that parse JSON themselves.
+	PayloadAsJson bool `protobuf:"varint,9,opt,name=payload_as_json,json=payloadAsJson,proto3" json:"payload_as_json,omitempty"`
+	// Backoff before the first redelivery of a nacked event, in milliseconds; it doubles
+	// per attempt, with jitter, up to max_retry_backoff_ms (default 1000, 10-3600000).
+	RetryBackoffMs int32 `protobuf:"varint,10,opt,name=retry_backoff_ms,json=retryBackoffMs,proto3" json:"retry_backoff_ms,omitempty"`
+	// Longest backoff between redeliveries, in milliseconds (default 60000).
+	MaxRetryBackoffMs int32 `protobuf:"varint,11,opt,name=max_retry_backoff_ms,json=maxRetryBackoffMs,proto3" json:"max_retry_backoff_ms,omitempty"`
+	// Most deliveries in one SubscribeResponse (default 100, at most 1000).
+	MaxBatch      int32 `protobuf:"varint,12,opt,name=max_batch,json=maxBatch,proto3" json:"max_batch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubscribeRequest) Reset() {
@@ -788,25 +974,83 @@ func (x *SubscribeRequest) GetAckDeadlineSeconds() int32 {
 	return 0
 }
 
+func (x *SubscribeRequest) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *SubscribeRequest) GetStartPosition() StartPosition {
+	if x != nil {
+		return x.StartPosition
+	}
+	return StartPosition_START_POSITION_UNSPECIFIED
+}
+
+func (x *SubscribeRequest) GetOrdering() Ordering {
+	if x != nil {
+		return x.Ordering
+	}
+	return Ordering_ORDERING_UNSPECIFIED
+}
+
+func (x *SubscribeRequest) GetPayloadAsJson() bool {
+	if x != nil {
+		return x.PayloadAsJson
+	}
+	return false
+}
+
+func (x *SubscribeRequest) GetRetryBackoffMs() int32 {
+	if x != nil {
+		return x.RetryBackoffMs
+	}
+	return 0
+}
+
+func (x *SubscribeRequest) GetMaxRetryBackoffMs() int32 {
+	if x != nil {
+		return x.MaxRetryBackoffMs
+	}
+	return 0
+}
+
+func (x *SubscribeRequest) GetMaxBatch() int32 {
+	if x != nil {
+		return x.MaxBatch
+	}
+	return 0
+}
+
 // Delivery is one event delivered to a subscriber.
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Opaque token to pass to Ack or Nack.
-	DeliveryId    string                 `protobuf:"bytes,1,opt,name=delivery_id,json=deliveryId,proto3" json:"delivery_id,omitempty"`
-	EventId       string                 `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
-	EventType     string                 `protobuf:"bytes,3,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
-	TenantId      string                 `protobuf:"bytes,4,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	Payload       *structpb.Struct       `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
-	PayloadJson   []byte                 `protobuf:"bytes,6,opt,name=payload_json,json=payloadJson,proto3" json:"payload_json,omitempty"`
-	SourceService string                 `protobuf:"bytes,7,opt,name=source_service,json=sourceService,proto3" json:"source_service,omitempty"`
-	CorrelationId string                 `protobuf:"bytes,8,opt,name=correlation_id,json=correlationId,proto3" json:"correlation_id,omitempty"`
-	CausationId   string                 `protobuf:"bytes,9,opt,name=causation_id,json=causationId,proto3" json:"causation_id,omitempty"`
-	Metadata      map[string]string      `protobuf:"bytes,10,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=time,proto3" json:"time,omitempty"`
-	Topic         string                 `protobuf:"bytes,12,opt,name=topic,proto3" json:"topic,omitempty"`
-	Partition     int32                  `protobuf:"varint,13,opt,name=partition,proto3" json:"partition,omitempty"`
-	Offset        int64                  `protobuf:"varint,14,opt,name=offset,proto3" json:"offset,omitempty"`
-	Attempt       int32                  `protobuf:"varint,15,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	DeliveryId string `protobuf:"bytes,1,opt,name=delivery_id,json=deliveryId,proto3" json:"delivery_id,omitempty"`
+	EventId    string `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	EventType  string `protobuf:"bytes,3,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	TenantId   string `protobuf:"bytes,4,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The payload, decoded back from Avro or JSON: a Struct, or JSON bytes with
+	// payload_as_json.
+	Payload       *structpb.Struct `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
+	PayloadJson   []byte           `protobuf:"bytes,6,opt,name=payload_json,json=payloadJson,proto3" json:"payload_json,omitempty"`
+	SourceService string           `protobuf:"bytes,7,opt,name=source_service,json=sourceService,proto3" json:"source_service,omitempty"`
+	CorrelationId string           `protobuf:"bytes,8,opt,name=correlation_id,json=correlationId,proto3" json:"correlation_id,omitempty"`
+	CausationId   string           `protobuf:"bytes,9,opt,name=causation_id,json=causationId,proto3" json:"causation_id,omitempty"`
+	// CloudEvents extensions (ce_<key> headers) other than the envelope's own.
+	Metadata  map[string]string      `protobuf:"bytes,10,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=time,proto3" json:"time,omitempty"`
+	Topic     string                 `protobuf:"bytes,12,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition int32                  `protobuf:"varint,13,opt,name=partition,proto3" json:"partition,omitempty"`
+	Offset    int64                  `protobuf:"varint,14,opt,name=offset,proto3" json:"offset,omitempty"`
+	// 1 for the first delivery, then one more for each redelivery.
+	Attempt      int32  `protobuf:"varint,15,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	SourceUserId string `protobuf:"bytes,16,opt,name=source_user_id,json=sourceUserId,proto3" json:"source_user_id,omitempty"`
+	// The CloudEvents subject: the aggregate id for event-store events.
+	Subject string `protobuf:"bytes,17,opt,name=subject,proto3" json:"subject,omitempty"`
+	// The Kafka record key (the tenant id, or the aggregate id for event-store events).
+	Key           string `protobuf:"bytes,18,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -946,16 +1190,147 @@ func (x *Delivery) GetAttempt() int32 {
 	return 0
 }
 
-type SubscribeResponse struct {
+func (x *Delivery) GetSourceUserId() string {
+	if x != nil {
+		return x.SourceUserId
+	}
+	return ""
+}
+
+func (x *Delivery) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Delivery) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+// TopicPartitions names partitions of one topic.
+type TopicPartitions struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Delivery      *Delivery              `protobuf:"bytes,1,opt,name=delivery,proto3" json:"delivery,omitempty"`
+	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partitions    []int32                `protobuf:"varint,2,rep,packed,name=partitions,proto3" json:"partitions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopicPartitions) Reset() {
+	*x = TopicPartitions{}
+	mi := &file_eventgw_v1_event_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopicPartitions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopicPartitions) ProtoMessage() {}
+
+func (x *TopicPartitions) ProtoReflect() protoreflect.Message {
+	mi := &file_eventgw_v1_event_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopicPartitions.ProtoReflect.Descriptor instead.
+func (*TopicPartitions) Descriptor() ([]byte, []int) {
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TopicPartitions) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *TopicPartitions) GetPartitions() []int32 {
+	if x != nil {
+		return x.Partitions
+	}
+	return nil
+}
+
+// Assignment is the partitions a stream owns after a rebalance.
+type Assignment struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Subscription  string                 `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	Topics        []*TopicPartitions     `protobuf:"bytes,2,rep,name=topics,proto3" json:"topics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Assignment) Reset() {
+	*x = Assignment{}
+	mi := &file_eventgw_v1_event_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Assignment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Assignment) ProtoMessage() {}
+
+func (x *Assignment) ProtoReflect() protoreflect.Message {
+	mi := &file_eventgw_v1_event_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
+func (*Assignment) Descriptor() ([]byte, []int) {
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Assignment) GetSubscription() string {
+	if x != nil {
+		return x.Subscription
+	}
+	return ""
+}
+
+func (x *Assignment) GetTopics() []*TopicPartitions {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+type SubscribeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Deliveries, oldest first. Empty in a response that only carries an assignment.
+	Deliveries []*Delivery `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	// Sent when the stream joined the group and after each rebalance that changed its
+	// partitions: the partitions it now owns.
+	Assignment    *Assignment `protobuf:"bytes,2,opt,name=assignment,proto3" json:"assignment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[12]
+	mi := &file_eventgw_v1_event_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1342,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[12]
+	mi := &file_eventgw_v1_event_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,27 +1355,36 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{12}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{14}
 }
 
-func (x *SubscribeResponse) GetDelivery() *Delivery {
+func (x *SubscribeResponse) GetDeliveries() []*Delivery {
 	if x != nil {
-		return x.Delivery
+		return x.Deliveries
+	}
+	return nil
+}
+
+func (x *SubscribeResponse) GetAssignment() *Assignment {
+	if x != nil {
+		return x.Assignment
 	}
 	return nil
 }
 
 type AckRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Subscription  string                 `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
-	DeliveryIds   []string               `protobuf:"bytes,2,rep,name=delivery_ids,json=deliveryIds,proto3" json:"delivery_ids,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription the deliveries belong to (default: the sidecar's --service-name).
+	Subscription string `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	// Delivery ids to acknowledge (at most 10000).
+	DeliveryIds   []string `protobuf:"bytes,2,rep,name=delivery_ids,json=deliveryIds,proto3" json:"delivery_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[13]
+	mi := &file_eventgw_v1_event_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1396,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[13]
+	mi := &file_eventgw_v1_event_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1409,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{13}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AckRequest) GetSubscription() string {
@@ -1043,14 +1427,19 @@ func (x *AckRequest) GetDeliveryIds() []string {
 }
 
 type AckResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Deliveries acknowledged by this call.
+	Acked int32 `protobuf:"varint,1,opt,name=acked,proto3" json:"acked,omitempty"`
+	// Deliveries no longer held: already acknowledged, or their partition moved to
+	// another member, or their stream ended. They will be (or were) delivered again.
+	StaleDeliveryIds []string `protobuf:"bytes,2,rep,name=stale_delivery_ids,json=staleDeliveryIds,proto3" json:"stale_delivery_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[14]
+	mi := &file_eventgw_v1_event_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1451,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[14]
+	mi := &file_eventgw_v1_event_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,23 +1464,40 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{14}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *AckResponse) GetAcked() int32 {
+	if x != nil {
+		return x.Acked
+	}
+	return 0
+}
+
+func (x *AckResponse) GetStaleDeliveryIds() []string {
+	if x != nil {
+		return x.StaleDeliveryIds
+	}
+	return nil
 }
 
 type NackRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	Subscription string                 `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
 	DeliveryIds  []string               `protobuf:"bytes,2,rep,name=delivery_ids,json=deliveryIds,proto3" json:"delivery_ids,omitempty"`
-	// Why processing failed (stored with the dead-lettered event; no payload data here).
-	ErrorType     string `protobuf:"bytes,3,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
-	ErrorMessage  string `protobuf:"bytes,4,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// Why processing failed, stored with a dead-lettered event (such as
+	// "ValidationError"; at most 255 characters). Never put payload data here.
+	ErrorType string `protobuf:"bytes,3,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
+	// At most 4096 characters.
+	ErrorMessage  string     `protobuf:"bytes,4,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	Action        NackAction `protobuf:"varint,5,opt,name=action,proto3,enum=eventgw.v1.NackAction" json:"action,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NackRequest) Reset() {
 	*x = NackRequest{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[15]
+	mi := &file_eventgw_v1_event_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1509,7 @@ func (x *NackRequest) String() string {
 func (*NackRequest) ProtoMessage() {}
 
 func (x *NackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[15]
+	mi := &file_eventgw_v1_event_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1522,7 @@ func (x *NackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackRequest.ProtoReflect.Descriptor instead.
 func (*NackRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{15}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NackRequest) GetSubscription() string {
@@ -1147,15 +1553,24 @@ func (x *NackRequest) GetErrorMessage() string {
 	return ""
 }
 
+func (x *NackRequest) GetAction() NackAction {
+	if x != nil {
+		return x.Action
+	}
+	return NackAction_NACK_ACTION_UNSPECIFIED
+}
+
 type NackResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Nacked           int32                  `protobuf:"varint,1,opt,name=nacked,proto3" json:"nacked,omitempty"`
+	StaleDeliveryIds []string               `protobuf:"bytes,2,rep,name=stale_delivery_ids,json=staleDeliveryIds,proto3" json:"stale_delivery_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NackResponse) Reset() {
 	*x = NackResponse{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[16]
+	mi := &file_eventgw_v1_event_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1582,7 @@ func (x *NackResponse) String() string {
 func (*NackResponse) ProtoMessage() {}
 
 func (x *NackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[16]
+	mi := &file_eventgw_v1_event_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1595,21 @@ func (x *NackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackResponse.ProtoReflect.Descriptor instead.
 func (*NackResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{16}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *NackResponse) GetNacked() int32 {
+	if x != nil {
+		return x.Nacked
+	}
+	return 0
+}
+
+func (x *NackResponse) GetStaleDeliveryIds() []string {
+	if x != nil {
+		return x.StaleDeliveryIds
+	}
+	return nil
 }
 
 type RegisterSchemaRequest struct {
@@ -1195,7 +1624,7 @@ type RegisterSchemaRequest struct {
 
 func (x *RegisterSchemaRequest) Reset() {
 	*x = RegisterSchemaRequest{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[17]
+	mi := &file_eventgw_v1_event_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1636,7 @@ func (x *RegisterSchemaRequest) String() string {
 func (*RegisterSchemaRequest) ProtoMessage() {}
 
 func (x *RegisterSchemaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[17]
+	mi := &file_eventgw_v1_event_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1649,7 @@ func (x *RegisterSchemaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSchemaRequest.ProtoReflect.Descriptor instead.
 func (*RegisterSchemaRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{17}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RegisterSchemaRequest) GetEventType() string {
@@ -1252,7 +1681,7 @@ type SchemaInfo struct {
 
 func (x *SchemaInfo) Reset() {
 	*x = SchemaInfo{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[18]
+	mi := &file_eventgw_v1_event_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1693,7 @@ func (x *SchemaInfo) String() string {
 func (*SchemaInfo) ProtoMessage() {}
 
 func (x *SchemaInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[18]
+	mi := &file_eventgw_v1_event_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1706,7 @@ func (x *SchemaInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchemaInfo.ProtoReflect.Descriptor instead.
 func (*SchemaInfo) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{18}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SchemaInfo) GetEventType() string {
@@ -1331,7 +1760,7 @@ type RegisterSchemaResponse struct {
 
 func (x *RegisterSchemaResponse) Reset() {
 	*x = RegisterSchemaResponse{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[19]
+	mi := &file_eventgw_v1_event_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1343,7 +1772,7 @@ func (x *RegisterSchemaResponse) String() string {
 func (*RegisterSchemaResponse) ProtoMessage() {}
 
 func (x *RegisterSchemaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[19]
+	mi := &file_eventgw_v1_event_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1356,7 +1785,7 @@ func (x *RegisterSchemaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSchemaResponse.ProtoReflect.Descriptor instead.
 func (*RegisterSchemaResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{19}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RegisterSchemaResponse) GetSchema() *SchemaInfo {
@@ -1376,7 +1805,7 @@ type ListSchemasRequest struct {
 
 func (x *ListSchemasRequest) Reset() {
 	*x = ListSchemasRequest{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[20]
+	mi := &file_eventgw_v1_event_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1817,7 @@ func (x *ListSchemasRequest) String() string {
 func (*ListSchemasRequest) ProtoMessage() {}
 
 func (x *ListSchemasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[20]
+	mi := &file_eventgw_v1_event_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1830,7 @@ func (x *ListSchemasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchemasRequest.ProtoReflect.Descriptor instead.
 func (*ListSchemasRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{20}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListSchemasRequest) GetEventTypePrefix() string {
@@ -1420,7 +1849,7 @@ type ListSchemasResponse struct {
 
 func (x *ListSchemasResponse) Reset() {
 	*x = ListSchemasResponse{}
-	mi := &file_eventgw_v1_event_proto_msgTypes[21]
+	mi := &file_eventgw_v1_event_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1861,7 @@ func (x *ListSchemasResponse) String() string {
 func (*ListSchemasResponse) ProtoMessage() {}
 
 func (x *ListSchemasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_event_proto_msgTypes[21]
+	mi := &file_eventgw_v1_event_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1874,7 @@ func (x *ListSchemasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchemasResponse.ProtoReflect.Descriptor instead.
 func (*ListSchemasResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{21}
+	return file_eventgw_v1_event_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListSchemasResponse) GetSchemas() []*SchemaInfo {
@@ -1510,14 +1939,22 @@ const file_eventgw_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x121\n" +
 	"\aresults\x18\x02 \x03(\v2\x17.eventgw.v1.EventResultR\aresults\x12,\n" +
-	"\x05error\x18\x03 \x01(\v2\x16.eventgw.v1.EventErrorR\x05error\"\xc5\x01\n" +
+	"\x05error\x18\x03 \x01(\v2\x16.eventgw.v1.EventErrorR\x05error\"\xfc\x03\n" +
 	"\x10SubscribeRequest\x12\"\n" +
 	"\fsubscription\x18\x01 \x01(\tR\fsubscription\x12\x16\n" +
 	"\x06topics\x18\x02 \x03(\tR\x06topics\x12\x1f\n" +
 	"\vevent_types\x18\x03 \x03(\tR\n" +
 	"eventTypes\x12\"\n" +
 	"\rmax_in_flight\x18\x04 \x01(\x05R\vmaxInFlight\x120\n" +
-	"\x14ack_deadline_seconds\x18\x05 \x01(\x05R\x12ackDeadlineSeconds\"\xdc\x04\n" +
+	"\x14ack_deadline_seconds\x18\x05 \x01(\x05R\x12ackDeadlineSeconds\x12!\n" +
+	"\fmax_attempts\x18\x06 \x01(\x05R\vmaxAttempts\x12@\n" +
+	"\x0estart_position\x18\a \x01(\x0e2\x19.eventgw.v1.StartPositionR\rstartPosition\x120\n" +
+	"\bordering\x18\b \x01(\x0e2\x14.eventgw.v1.OrderingR\bordering\x12&\n" +
+	"\x0fpayload_as_json\x18\t \x01(\bR\rpayloadAsJson\x12(\n" +
+	"\x10retry_backoff_ms\x18\n" +
+	" \x01(\x05R\x0eretryBackoffMs\x12/\n" +
+	"\x14max_retry_backoff_ms\x18\v \x01(\x05R\x11maxRetryBackoffMs\x12\x1b\n" +
+	"\tmax_batch\x18\f \x01(\x05R\bmaxBatch\"\xae\x05\n" +
 	"\bDelivery\x12\x1f\n" +
 	"\vdelivery_id\x18\x01 \x01(\tR\n" +
 	"deliveryId\x12\x19\n" +
@@ -1536,24 +1973,46 @@ const file_eventgw_v1_event_proto_rawDesc = "" +
 	"\x05topic\x18\f \x01(\tR\x05topic\x12\x1c\n" +
 	"\tpartition\x18\r \x01(\x05R\tpartition\x12\x16\n" +
 	"\x06offset\x18\x0e \x01(\x03R\x06offset\x12\x18\n" +
-	"\aattempt\x18\x0f \x01(\x05R\aattempt\x1a;\n" +
+	"\aattempt\x18\x0f \x01(\x05R\aattempt\x12$\n" +
+	"\x0esource_user_id\x18\x10 \x01(\tR\fsourceUserId\x12\x18\n" +
+	"\asubject\x18\x11 \x01(\tR\asubject\x12\x10\n" +
+	"\x03key\x18\x12 \x01(\tR\x03key\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"E\n" +
-	"\x11SubscribeResponse\x120\n" +
-	"\bdelivery\x18\x01 \x01(\v2\x14.eventgw.v1.DeliveryR\bdelivery\"S\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"G\n" +
+	"\x0fTopicPartitions\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\x02 \x03(\x05R\n" +
+	"partitions\"e\n" +
+	"\n" +
+	"Assignment\x12\"\n" +
+	"\fsubscription\x18\x01 \x01(\tR\fsubscription\x123\n" +
+	"\x06topics\x18\x02 \x03(\v2\x1b.eventgw.v1.TopicPartitionsR\x06topics\"\x81\x01\n" +
+	"\x11SubscribeResponse\x124\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x14.eventgw.v1.DeliveryR\n" +
+	"deliveries\x126\n" +
+	"\n" +
+	"assignment\x18\x02 \x01(\v2\x16.eventgw.v1.AssignmentR\n" +
+	"assignment\"S\n" +
 	"\n" +
 	"AckRequest\x12\"\n" +
 	"\fsubscription\x18\x01 \x01(\tR\fsubscription\x12!\n" +
-	"\fdelivery_ids\x18\x02 \x03(\tR\vdeliveryIds\"\r\n" +
-	"\vAckResponse\"\x98\x01\n" +
+	"\fdelivery_ids\x18\x02 \x03(\tR\vdeliveryIds\"Q\n" +
+	"\vAckResponse\x12\x14\n" +
+	"\x05acked\x18\x01 \x01(\x05R\x05acked\x12,\n" +
+	"\x12stale_delivery_ids\x18\x02 \x03(\tR\x10staleDeliveryIds\"\xc8\x01\n" +
 	"\vNackRequest\x12\"\n" +
 	"\fsubscription\x18\x01 \x01(\tR\fsubscription\x12!\n" +
 	"\fdelivery_ids\x18\x02 \x03(\tR\vdeliveryIds\x12\x1d\n" +
 	"\n" +
 	"error_type\x18\x03 \x01(\tR\terrorType\x12#\n" +
-	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\"\x0e\n" +
-	"\fNackResponse\"N\n" +
+	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\x12.\n" +
+	"\x06action\x18\x05 \x01(\x0e2\x16.eventgw.v1.NackActionR\x06action\"T\n" +
+	"\fNackResponse\x12\x16\n" +
+	"\x06nacked\x18\x01 \x01(\x05R\x06nacked\x12,\n" +
+	"\x12stale_delivery_ids\x18\x02 \x03(\tR\x10staleDeliveryIds\"N\n" +
 	"\x15RegisterSchemaRequest\x12\x1d\n" +
 	"\n" +
 	"event_type\x18\x01 \x01(\tR\teventType\x12\x16\n" +
@@ -1572,7 +2031,21 @@ const file_eventgw_v1_event_proto_rawDesc = "" +
 	"\x12ListSchemasRequest\x12*\n" +
 	"\x11event_type_prefix\x18\x01 \x01(\tR\x0feventTypePrefix\"G\n" +
 	"\x13ListSchemasResponse\x120\n" +
-	"\aschemas\x18\x01 \x03(\v2\x16.eventgw.v1.SchemaInfoR\aschemas2\xe7\x04\n" +
+	"\aschemas\x18\x01 \x03(\v2\x16.eventgw.v1.SchemaInfoR\aschemas*g\n" +
+	"\rStartPosition\x12\x1e\n" +
+	"\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15START_POSITION_LATEST\x10\x01\x12\x1b\n" +
+	"\x17START_POSITION_EARLIEST\x10\x02*a\n" +
+	"\bOrdering\x12\x18\n" +
+	"\x14ORDERING_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fORDERING_KEY\x10\x01\x12\x16\n" +
+	"\x12ORDERING_PARTITION\x10\x02\x12\x11\n" +
+	"\rORDERING_NONE\x10\x03*]\n" +
+	"\n" +
+	"NackAction\x12\x1b\n" +
+	"\x17NACK_ACTION_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11NACK_ACTION_RETRY\x10\x01\x12\x1b\n" +
+	"\x17NACK_ACTION_DEAD_LETTER\x10\x022\xe7\x04\n" +
 	"\fEventService\x12B\n" +
 	"\aPublish\x12\x1a.eventgw.v1.PublishRequest\x1a\x1b.eventgw.v1.PublishResponse\x12Q\n" +
 	"\fPublishBatch\x12\x1f.eventgw.v1.PublishBatchRequest\x1a .eventgw.v1.PublishBatchResponse\x12X\n" +
@@ -1595,76 +2068,87 @@ func file_eventgw_v1_event_proto_rawDescGZIP() []byte {
 	return file_eventgw_v1_event_proto_rawDescData
 }
 
-var file_eventgw_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_eventgw_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_eventgw_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_eventgw_v1_event_proto_goTypes = []any{
-	(*Event)(nil),                  // 0: eventgw.v1.Event
-	(*PublishResult)(nil),          // 1: eventgw.v1.PublishResult
-	(*EventError)(nil),             // 2: eventgw.v1.EventError
-	(*EventResult)(nil),            // 3: eventgw.v1.EventResult
-	(*PublishRequest)(nil),         // 4: eventgw.v1.PublishRequest
-	(*PublishResponse)(nil),        // 5: eventgw.v1.PublishResponse
-	(*PublishBatchRequest)(nil),    // 6: eventgw.v1.PublishBatchRequest
-	(*PublishBatchResponse)(nil),   // 7: eventgw.v1.PublishBatchResponse
-	(*PublishStreamRequest)(nil),   // 8: eventgw.v1.PublishStreamRequest
-	(*PublishStreamResponse)(nil),  // 9: eventgw.v1.PublishStreamResponse
-	(*SubscribeRequest)(nil),       // 10: eventgw.v1.SubscribeRequest
-	(*Delivery)(nil),               // 11: eventgw.v1.Delivery
-	(*SubscribeResponse)(nil),      // 12: eventgw.v1.SubscribeResponse
-	(*AckRequest)(nil),             // 13: eventgw.v1.AckRequest
-	(*AckResponse)(nil),            // 14: eventgw.v1.AckResponse
-	(*NackRequest)(nil),            // 15: eventgw.v1.NackRequest
-	(*NackResponse)(nil),           // 16: eventgw.v1.NackResponse
-	(*RegisterSchemaRequest)(nil),  // 17: eventgw.v1.RegisterSchemaRequest
-	(*SchemaInfo)(nil),             // 18: eventgw.v1.SchemaInfo
-	(*RegisterSchemaResponse)(nil), // 19: eventgw.v1.RegisterSchemaResponse
-	(*ListSchemasRequest)(nil),     // 20: eventgw.v1.ListSchemasRequest
-	(*ListSchemasResponse)(nil),    // 21: eventgw.v1.ListSchemasResponse
-	nil,                            // 22: eventgw.v1.Event.MetadataEntry
-	nil,                            // 23: eventgw.v1.Delivery.MetadataEntry
-	(*structpb.Struct)(nil),        // 24: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),  // 25: google.protobuf.Timestamp
+	(StartPosition)(0),             // 0: eventgw.v1.StartPosition
+	(Ordering)(0),                  // 1: eventgw.v1.Ordering
+	(NackAction)(0),                // 2: eventgw.v1.NackAction
+	(*Event)(nil),                  // 3: eventgw.v1.Event
+	(*PublishResult)(nil),          // 4: eventgw.v1.PublishResult
+	(*EventError)(nil),             // 5: eventgw.v1.EventError
+	(*EventResult)(nil),            // 6: eventgw.v1.EventResult
+	(*PublishRequest)(nil),         // 7: eventgw.v1.PublishRequest
+	(*PublishResponse)(nil),        // 8: eventgw.v1.PublishResponse
+	(*PublishBatchRequest)(nil),    // 9: eventgw.v1.PublishBatchRequest
+	(*PublishBatchResponse)(nil),   // 10: eventgw.v1.PublishBatchResponse
+	(*PublishStreamRequest)(nil),   // 11: eventgw.v1.PublishStreamRequest
+	(*PublishStreamResponse)(nil),  // 12: eventgw.v1.PublishStreamResponse
+	(*SubscribeRequest)(nil),       // 13: eventgw.v1.SubscribeRequest
+	(*Delivery)(nil),               // 14: eventgw.v1.Delivery
+	(*TopicPartitions)(nil),        // 15: eventgw.v1.TopicPartitions
+	(*Assignment)(nil),             // 16: eventgw.v1.Assignment
+	(*SubscribeResponse)(nil),      // 17: eventgw.v1.SubscribeResponse
+	(*AckRequest)(nil),             // 18: eventgw.v1.AckRequest
+	(*AckResponse)(nil),            // 19: eventgw.v1.AckResponse
+	(*NackRequest)(nil),            // 20: eventgw.v1.NackRequest
+	(*NackResponse)(nil),           // 21: eventgw.v1.NackResponse
+	(*RegisterSchemaRequest)(nil),  // 22: eventgw.v1.RegisterSchemaRequest
+	(*SchemaInfo)(nil),             // 23: eventgw.v1.SchemaInfo
+	(*RegisterSchemaResponse)(nil), // 24: eventgw.v1.RegisterSchemaResponse
+	(*ListSchemasRequest)(nil),     // 25: eventgw.v1.ListSchemasRequest
+	(*ListSchemasResponse)(nil),    // 26: eventgw.v1.ListSchemasResponse
+	nil,                            // 27: eventgw.v1.Event.MetadataEntry
+	nil,                            // 28: eventgw.v1.Delivery.MetadataEntry
+	(*structpb.Struct)(nil),        // 29: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),  // 30: google.protobuf.Timestamp
 }
 var file_eventgw_v1_event_proto_depIdxs = []int32{
-	24, // 0: eventgw.v1.Event.payload:type_name -> google.protobuf.Struct
-	22, // 1: eventgw.v1.Event.metadata:type_name -> eventgw.v1.Event.MetadataEntry
-	25, // 2: eventgw.v1.Event.time:type_name -> google.protobuf.Timestamp
-	1,  // 3: eventgw.v1.EventResult.result:type_name -> eventgw.v1.PublishResult
-	2,  // 4: eventgw.v1.EventResult.error:type_name -> eventgw.v1.EventError
-	0,  // 5: eventgw.v1.PublishRequest.event:type_name -> eventgw.v1.Event
-	1,  // 6: eventgw.v1.PublishResponse.result:type_name -> eventgw.v1.PublishResult
-	0,  // 7: eventgw.v1.PublishBatchRequest.events:type_name -> eventgw.v1.Event
-	3,  // 8: eventgw.v1.PublishBatchResponse.results:type_name -> eventgw.v1.EventResult
-	0,  // 9: eventgw.v1.PublishStreamRequest.events:type_name -> eventgw.v1.Event
-	3,  // 10: eventgw.v1.PublishStreamResponse.results:type_name -> eventgw.v1.EventResult
-	2,  // 11: eventgw.v1.PublishStreamResponse.error:type_name -> eventgw.v1.EventError
-	24, // 12: eventgw.v1.Delivery.payload:type_name -> google.protobuf.Struct
-	23, // 13: eventgw.v1.Delivery.metadata:type_name -> eventgw.v1.Delivery.MetadataEntry
-	25, // 14: eventgw.v1.Delivery.time:type_name -> google.protobuf.Timestamp
-	11, // 15: eventgw.v1.SubscribeResponse.delivery:type_name -> eventgw.v1.Delivery
-	25, // 16: eventgw.v1.SchemaInfo.registered_at:type_name -> google.protobuf.Timestamp
-	18, // 17: eventgw.v1.RegisterSchemaResponse.schema:type_name -> eventgw.v1.SchemaInfo
-	18, // 18: eventgw.v1.ListSchemasResponse.schemas:type_name -> eventgw.v1.SchemaInfo
-	4,  // 19: eventgw.v1.EventService.Publish:input_type -> eventgw.v1.PublishRequest
-	6,  // 20: eventgw.v1.EventService.PublishBatch:input_type -> eventgw.v1.PublishBatchRequest
-	8,  // 21: eventgw.v1.EventService.PublishStream:input_type -> eventgw.v1.PublishStreamRequest
-	10, // 22: eventgw.v1.EventService.Subscribe:input_type -> eventgw.v1.SubscribeRequest
-	13, // 23: eventgw.v1.EventService.Ack:input_type -> eventgw.v1.AckRequest
-	15, // 24: eventgw.v1.EventService.Nack:input_type -> eventgw.v1.NackRequest
-	17, // 25: eventgw.v1.EventService.RegisterSchema:input_type -> eventgw.v1.RegisterSchemaRequest
-	20, // 26: eventgw.v1.EventService.ListSchemas:input_type -> eventgw.v1.ListSchemasRequest
-	5,  // 27: eventgw.v1.EventService.Publish:output_type -> eventgw.v1.PublishResponse
-	7,  // 28: eventgw.v1.EventService.PublishBatch:output_type -> eventgw.v1.PublishBatchResponse
-	9,  // 29: eventgw.v1.EventService.PublishStream:output_type -> eventgw.v1.PublishStreamResponse
-	12, // 30: eventgw.v1.EventService.Subscribe:output_type -> eventgw.v1.SubscribeResponse
-	14, // 31: eventgw.v1.EventService.Ack:output_type -> eventgw.v1.AckResponse
-	16, // 32: eventgw.v1.EventService.Nack:output_type -> eventgw.v1.NackResponse
-	19, // 33: eventgw.v1.EventService.RegisterSchema:output_type -> eventgw.v1.RegisterSchemaResponse
-	21, // 34: eventgw.v1.EventService.ListSchemas:output_type -> eventgw.v1.ListSchemasResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	29, // 0: eventgw.v1.Event.payload:type_name -> google.protobuf.Struct
+	27, // 1: eventgw.v1.Event.metadata:type_name -> eventgw.v1.Event.MetadataEntry
+	30, // 2: eventgw.v1.Event.time:type_name -> google.protobuf.Timestamp
+	4,  // 3: eventgw.v1.EventResult.result:type_name -> eventgw.v1.PublishResult
+	5,  // 4: eventgw.v1.EventResult.error:type_name -> eventgw.v1.EventError
+	3,  // 5: eventgw.v1.PublishRequest.event:type_name -> eventgw.v1.Event
+	4,  // 6: eventgw.v1.PublishResponse.result:type_name -> eventgw.v1.PublishResult
+	3,  // 7: eventgw.v1.PublishBatchRequest.events:type_name -> eventgw.v1.Event
+	6,  // 8: eventgw.v1.PublishBatchResponse.results:type_name -> eventgw.v1.EventResult
+	3,  // 9: eventgw.v1.PublishStreamRequest.events:type_name -> eventgw.v1.Event
+	6,  // 10: eventgw.v1.PublishStreamResponse.results:type_name -> eventgw.v1.EventResult
+	5,  // 11: eventgw.v1.PublishStreamResponse.error:type_name -> eventgw.v1.EventError
+	0,  // 12: eventgw.v1.SubscribeRequest.start_position:type_name -> eventgw.v1.StartPosition
+	1,  // 13: eventgw.v1.SubscribeRequest.ordering:type_name -> eventgw.v1.Ordering
+	29, // 14: eventgw.v1.Delivery.payload:type_name -> google.protobuf.Struct
+	28, // 15: eventgw.v1.Delivery.metadata:type_name -> eventgw.v1.Delivery.MetadataEntry
+	30, // 16: eventgw.v1.Delivery.time:type_name -> google.protobuf.Timestamp
+	15, // 17: eventgw.v1.Assignment.topics:type_name -> eventgw.v1.TopicPartitions
+	14, // 18: eventgw.v1.SubscribeResponse.deliveries:type_name -> eventgw.v1.Delivery
+	16, // 19: eventgw.v1.SubscribeResponse.assignment:type_name -> eventgw.v1.Assignment
+	2,  // 20: eventgw.v1.NackRequest.action:type_name -> eventgw.v1.NackAction
+	30, // 21: eventgw.v1.SchemaInfo.registered_at:type_name -> google.protobuf.Timestamp
+	23, // 22: eventgw.v1.RegisterSchemaResponse.schema:type_name -> eventgw.v1.SchemaInfo
+	23, // 23: eventgw.v1.ListSchemasResponse.schemas:type_name -> eventgw.v1.SchemaInfo
+	7,  // 24: eventgw.v1.EventService.Publish:input_type -> eventgw.v1.PublishRequest
+	9,  // 25: eventgw.v1.EventService.PublishBatch:input_type -> eventgw.v1.PublishBatchRequest
+	11, // 26: eventgw.v1.EventService.PublishStream:input_type -> eventgw.v1.PublishStreamRequest
+	13, // 27: eventgw.v1.EventService.Subscribe:input_type -> eventgw.v1.SubscribeRequest
+	18, // 28: eventgw.v1.EventService.Ack:input_type -> eventgw.v1.AckRequest
+	20, // 29: eventgw.v1.EventService.Nack:input_type -> eventgw.v1.NackRequest
+	22, // 30: eventgw.v1.EventService.RegisterSchema:input_type -> eventgw.v1.RegisterSchemaRequest
+	25, // 31: eventgw.v1.EventService.ListSchemas:input_type -> eventgw.v1.ListSchemasRequest
+	8,  // 32: eventgw.v1.EventService.Publish:output_type -> eventgw.v1.PublishResponse
+	10, // 33: eventgw.v1.EventService.PublishBatch:output_type -> eventgw.v1.PublishBatchResponse
+	12, // 34: eventgw.v1.EventService.PublishStream:output_type -> eventgw.v1.PublishStreamResponse
+	17, // 35: eventgw.v1.EventService.Subscribe:output_type -> eventgw.v1.SubscribeResponse
+	19, // 36: eventgw.v1.EventService.Ack:output_type -> eventgw.v1.AckResponse
+	21, // 37: eventgw.v1.EventService.Nack:output_type -> eventgw.v1.NackResponse
+	24, // 38: eventgw.v1.EventService.RegisterSchema:output_type -> eventgw.v1.RegisterSchemaResponse
+	26, // 39: eventgw.v1.EventService.ListSchemas:output_type -> eventgw.v1.ListSchemasResponse
+	32, // [32:40] is the sub-list for method output_type
+	24, // [24:32] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_eventgw_v1_event_proto_init() }
@@ -1685,13 +2169,14 @@ func file_eventgw_v1_event_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eventgw_v1_event_proto_rawDesc), len(file_eventgw_v1_event_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   24,
+			NumEnums:      3,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_eventgw_v1_event_proto_goTypes,
 		DependencyIndexes: file_eventgw_v1_event_proto_depIdxs,
+		EnumInfos:         file_eventgw_v1_event_proto_enumTypes,
 		MessageInfos:      file_eventgw_v1_event_proto_msgTypes,
 	}.Build()
 	File_eventgw_v1_event_proto = out.File

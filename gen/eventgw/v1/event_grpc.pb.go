@@ -45,9 +45,12 @@ type EventServiceClient interface {
 	// Subscribe delivers events of the subscription's topics; the subscription name is
 	// the Kafka consumer group.
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SubscribeResponse], error)
-	// Ack marks a delivery as processed; offsets advance only past acked deliveries.
+	// Ack marks deliveries as processed. A partition's committed offset advances only
+	// past events that are all acknowledged, filtered out or dead-lettered.
 	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error)
-	// Nack marks a delivery as failed; it is retried with backoff, then dead-lettered.
+	// Nack marks deliveries as failed: retried with backoff up to max_attempts, then (or
+	// at once, with NACK_ACTION_DEAD_LETTER) sent to the dead-letter topic and
+	// failed_events.
 	Nack(ctx context.Context, in *NackRequest, opts ...grpc.CallOption) (*NackResponse, error)
 	// RegisterSchema registers an Avro schema for an event type with the Schema Registry.
 	RegisterSchema(ctx context.Context, in *RegisterSchemaRequest, opts ...grpc.CallOption) (*RegisterSchemaResponse, error)
@@ -171,9 +174,12 @@ type EventServiceServer interface {
 	// Subscribe delivers events of the subscription's topics; the subscription name is
 	// the Kafka consumer group.
 	Subscribe(*SubscribeRequest, grpc.ServerStreamingServer[SubscribeResponse]) error
-	// Ack marks a delivery as processed; offsets advance only past acked deliveries.
+	// Ack marks deliveries as processed. A partition's committed offset advances only
+	// past events that are all acknowledged, filtered out or dead-lettered.
 	Ack(context.Context, *AckRequest) (*AckResponse, error)
-	// Nack marks a delivery as failed; it is retried with backoff, then dead-lettered.
+	// Nack marks deliveries as failed: retried with backoff up to max_attempts, then (or
+	// at once, with NACK_ACTION_DEAD_LETTER) sent to the dead-letter topic and
+	// failed_events.
 	Nack(context.Context, *NackRequest) (*NackResponse, error)
 	// RegisterSchema registers an Avro schema for an event type with the Schema Registry.
 	RegisterSchema(context.Context, *RegisterSchemaRequest) (*RegisterSchemaResponse, error)
