@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/health"
 
 	"github.com/eventgw/eventgw/internal/config"
+	"github.com/eventgw/eventgw/internal/deadletter"
 	"github.com/eventgw/eventgw/internal/devstack"
 	"github.com/eventgw/eventgw/internal/event"
 	"github.com/eventgw/eventgw/internal/kafka"
@@ -29,6 +30,7 @@ import (
 	"github.com/eventgw/eventgw/internal/schema"
 	"github.com/eventgw/eventgw/internal/server"
 	"github.com/eventgw/eventgw/internal/store"
+	"github.com/eventgw/eventgw/internal/subscribe"
 )
 
 // App is a built sidecar.
@@ -46,6 +48,7 @@ type App struct {
 	Registry *prometheus.Registry
 	Events   *store.Events
 	Relay    *outbox.Relay
+	Subs     *subscribe.Manager
 
 	snapshots *store.Snapshotter
 
@@ -184,13 +187,26 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Timeout:        cfg.PublishTimeout,
 	}, a.Router, topics, a.Producer, a.Schemas, m, log)
 
+	failed := store.NewFailedEvents(a.Pool)
+	dlq := deadletter.New(deadletter.Config{
+		Producer: a.Producer, Topics: topics, Router: a.Router, Failed: failed, Metrics: m,
+		Service: cfg.ServiceName, Log: log,
+	})
+	a.Subs = subscribe.NewManager(subscribe.Config{
+		Brokers: a.brokers, ClientID: "eventgw-" + cfg.ServiceName, Service: cfg.ServiceName,
+		Router: a.Router, Topics: topics, Decoder: a.Schemas, DeadLetters: dlq, Metrics: m, Log: log,
+		MaxHeldBytes: cfg.SubscribeMaxHeldBytes, SessionTimeout: cfg.SubscribeSessionTimeout,
+	})
+	a.closer.push(a.Subs.Close)
+
 	a.Events = store.NewEvents(a.Pool)
 	a.Relay = outbox.New(a.Pool, pub, a.Registry, log)
 	a.snapshots = store.NewSnapshotter(a.Events, int64(cfg.SnapshotEvery), log)
 	a.grpcSrv, a.health = server.NewGRPC(server.Options{
 		MaxRecvBytes: cfg.MaxRequestBytes, Registerer: a.Registry, Log: log,
 	}, server.Services{
-		Events: server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log),
+		Events:     server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log).WithSubscriptions(a.Subs),
+		DeadLetter: server.NewDeadLetterService(failed, dlq, pub, a.Producer, topics, a.Router, m, cfg.ServiceName),
 		EventStore: server.NewEventStoreService(a.Events, store.NewAppender(a.Events, cfg.AppendSlots), a.snapshots, pub, a.Relay, outbox.ToEvent,
 			cfg.MaxBatch, cfg.MaxEventBytes),
 	})
@@ -261,6 +277,9 @@ func (a *App) Run(ctx context.Context) error {
 		<-gctx.Done()
 		a.log.Info("shutting down", zap.Duration("grace", a.cfg.ShutdownGrace))
 		server.SetServing(a.health, false)
+		// Subscribe streams never end by themselves: end them first (their members
+		// leave the group, committing what was acknowledged).
+		_ = a.Subs.Close()
 		done := make(chan struct{})
 		go func() { a.grpcSrv.GracefulStop(); close(done) }()
 		select {

@@ -51,6 +51,9 @@ type Config struct {
 	ShutdownGrace   time.Duration
 	SnapshotEvery   int
 	AppendSlots     int
+
+	SubscribeSessionTimeout time.Duration
+	SubscribeMaxHeldBytes   int
 }
 
 // Register defines the serve flags on fs.
@@ -88,6 +91,8 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.PublishTimeout, "publish-timeout", 30*time.Second, "deadline of a publish call that brings none")
 	fs.IntVar(&c.AppendSlots, "append-slots", 1, "appends written at once; concurrent appends wait and are written together in one statement (group commit)")
 	fs.IntVar(&c.SnapshotEvery, "snapshot-every", 100, "write an aggregate snapshot automatically every this many events (0: never)")
+	fs.DurationVar(&c.SubscribeSessionTimeout, "subscribe-session-timeout", 10*time.Second, "consumer group session timeout: how long the partitions of a subscriber that vanished (a killed sidecar) wait before moving to the others")
+	fs.IntVar(&c.SubscribeMaxHeldBytes, "subscribe-max-held-bytes", 64<<20, "bytes of events one Subscribe stream may hold (delivered and read ahead); past it the stream stops fetching until acks free room")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight calls get to finish on SIGINT/SIGTERM")
 }
 

@@ -75,3 +75,39 @@ func DefaultTopicSettings() TopicSettings {
 		Retention:         map[string]time.Duration{"clinical": 90 * 24 * time.Hour},
 	}
 }
+
+// Owns reports whether topic is in the gateway's namespace, and its domain:
+// "<prefix>.<domain>.events", "<prefix>.dlq.<domain>", or a --routes target.
+func (r *Router) Owns(topic string) (domain string, ok bool) {
+	if rest, found := strings.CutPrefix(topic, r.prefix+"."); found {
+		if d, found := strings.CutPrefix(rest, "dlq."); found && isWord(d) {
+			return d, true
+		}
+		if d, found := strings.CutSuffix(rest, ".events"); found && isWord(d) {
+			return d, true
+		}
+	}
+	for k, t := range r.routes {
+		if t == topic {
+			return Domain(k), true
+		}
+	}
+	return "", false
+}
+
+// isWord is a domain name: a lowercase letter, then lowercase letters, digits or _.
+func isWord(s string) bool {
+	if s == "" || s[0] < 'a' || s[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// IsDomain reports whether s can be a domain (the first word of an event type).
+func IsDomain(s string) bool { return isWord(s) && len(s) <= 100 }

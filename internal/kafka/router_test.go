@@ -25,3 +25,23 @@ func TestRouter(t *testing.T) {
 		}
 	}
 }
+
+func TestRouterOwns(t *testing.T) {
+	r := NewRouter("healthtech", map[string]string{"billing": "finance.billing"})
+	for topic, want := range map[string]string{
+		"healthtech.patient.events": "patient",
+		"healthtech.dlq.clinical":   "clinical",
+		"finance.billing":           "billing",
+		"healthtech.Patient.events": "",
+		"healthtech.a.b.events":     "",
+		"other.patient.events":      "",
+		"healthtech.patient":        "",
+		"__consumer_offsets":        "",
+		"healthtech..events":        "",
+	} {
+		d, ok := r.Owns(topic)
+		if ok != (want != "") || d != want {
+			t.Errorf("Owns(%q) = %q, %v; want %q", topic, d, ok, want)
+		}
+	}
+}

@@ -77,6 +77,9 @@ type Registry struct {
 
 	mu     sync.RWMutex
 	byType map[string]*Schema
+	// byID holds every schema seen by id (registered here, loaded, or fetched to
+	// decode a consumed event), for DecodeJSON.
+	byID map[int]avro.Schema
 }
 
 // NewRegistry talks to the registry at url and keeps schemas in pool's event_schemas.
@@ -84,7 +87,7 @@ func NewRegistry(url string, pool *pgxpool.Pool, log *zap.Logger) *Registry {
 	c := srclient.NewSchemaRegistryClient(strings.TrimRight(url, "/"),
 		srclient.WithClient(&http.Client{Timeout: 10 * time.Second}))
 	c.CodecCreationEnabled(false) // hamba/avro encodes; goavro codecs would be unused
-	return &Registry{client: c, url: strings.TrimRight(url, "/"), pool: pool, log: log, byType: map[string]*Schema{}}
+	return &Registry{client: c, url: strings.TrimRight(url, "/"), pool: pool, log: log, byType: map[string]*Schema{}, byID: map[int]avro.Schema{}}
 }
 
 // Subject is the registry subject of an event type's schemas: "<topic>-<event type>"
@@ -159,6 +162,7 @@ func (r *Registry) Register(ctx context.Context, eventType, topic, text string) 
 
 func (r *Registry) put(s *Schema) {
 	r.mu.Lock()
+	r.byID[s.ID] = s.avro
 	if cur, ok := r.byType[s.EventType]; !ok || cur.Version <= s.Version || cur.Subject != s.Subject {
 		r.byType[s.EventType] = s
 	}

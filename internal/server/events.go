@@ -16,6 +16,7 @@ import (
 	"github.com/eventgw/eventgw/internal/kafka"
 	"github.com/eventgw/eventgw/internal/publish"
 	"github.com/eventgw/eventgw/internal/schema"
+	"github.com/eventgw/eventgw/internal/subscribe"
 	"github.com/eventgw/eventgw/internal/validate"
 )
 
@@ -29,6 +30,18 @@ type EventService struct {
 	// maxInFlight bounds the stream requests a PublishStream keeps in flight.
 	maxInFlight int
 	log         *zap.Logger
+	subs        *subscribe.Manager
+}
+
+var (
+	errNotServed     = status.Error(codes.Unimplemented, "subscriptions are not served by this gateway")
+	errBadNackAction = validate.Errorf("action", "is not a known action (NACK_ACTION_RETRY or NACK_ACTION_DEAD_LETTER)")
+)
+
+// WithSubscriptions serves Subscribe, Ack and Nack through m.
+func (s *EventService) WithSubscriptions(m *subscribe.Manager) *EventService {
+	s.subs = m
+	return s
 }
 
 // NewEventService builds the EventService handlers.

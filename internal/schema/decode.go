@@ -1,0 +1,153 @@
+package schema
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math"
+
+	"github.com/hamba/avro/v2"
+)
+
+// ErrNotAvro: a value that does not start with the Confluent wire-format header.
+var ErrNotAvro = fmt.Errorf("value is not in Confluent wire format")
+
+// UndecodableError: a value the registry's schema cannot decode. Retrying will not
+// help; it names the schema id, never the value.
+type UndecodableError struct{ SchemaID int }
+
+func (e *UndecodableError) Error() string {
+	return fmt.Sprintf("the value does not decode with schema id %d", e.SchemaID)
+}
+
+// IsWireFormat reports whether value starts like Confluent wire format (magic byte 0
+// and a 4-byte schema id).
+func IsWireFormat(value []byte) bool { return len(value) >= 5 && value[0] == 0 }
+
+// DecodeJSON decodes a Confluent-framed Avro value into the JSON object it was
+// published from. Schemas this sidecar has not seen are fetched from the registry by
+// id once and kept; an unreachable registry answers ErrUnavailable (retry later).
+func (r *Registry) DecodeJSON(ctx context.Context, value []byte) ([]byte, error) {
+	if !IsWireFormat(value) {
+		return nil, ErrNotAvro
+	}
+	id := int(binary.BigEndian.Uint32(value[1:5]))
+	s, err := r.byIDOrFetch(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var v any
+	if err := avro.Unmarshal(s, value[5:], &v); err != nil {
+		return nil, &UndecodableError{SchemaID: id}
+	}
+	out, err := json.Marshal(jsonValue(s, v))
+	if err != nil {
+		return nil, &UndecodableError{SchemaID: id}
+	}
+	return out, nil
+}
+
+func (r *Registry) byIDOrFetch(ctx context.Context, id int) (avro.Schema, error) {
+	r.mu.RLock()
+	s := r.byID[id]
+	r.mu.RUnlock()
+	if s != nil {
+		return s, nil
+	}
+	type fetched struct {
+		s   avro.Schema
+		err error
+	}
+	ch := make(chan fetched, 1)
+	go func() { // srclient takes no context: do not hold the caller past its own
+		rs, err := r.client.GetSchema(id)
+		if err != nil {
+			ch <- fetched{err: r.registryErr(err)}
+			return
+		}
+		parsed, err := avro.Parse(rs.Schema())
+		if err != nil {
+			ch <- fetched{err: &UndecodableError{SchemaID: id}}
+			return
+		}
+		ch <- fetched{s: parsed}
+	}()
+	select {
+	case f := <-ch:
+		if f.err != nil {
+			return nil, f.err
+		}
+		r.mu.Lock()
+		r.byID[id] = f.s
+		r.mu.Unlock()
+		return f.s, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+	}
+}
+
+// jsonValue turns hamba/avro's generic decoding of schema s back into the JSON shape
+// the payload was published in: union values unwrapped, NaN and infinities as null.
+func jsonValue(s avro.Schema, v any) any {
+	switch s := s.(type) {
+	case *avro.RecordSchema:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return v
+		}
+		for _, f := range s.Fields() {
+			if fv, ok := m[f.Name()]; ok {
+				m[f.Name()] = jsonValue(f.Type(), fv)
+			}
+		}
+		return m
+	case *avro.RefSchema:
+		return jsonValue(s.Schema(), v)
+	case *avro.ArraySchema:
+		if arr, ok := v.([]any); ok {
+			for i := range arr {
+				arr[i] = jsonValue(s.Items(), arr[i])
+			}
+		}
+		return v
+	case *avro.MapSchema:
+		if m, ok := v.(map[string]any); ok {
+			for k := range m {
+				m[k] = jsonValue(s.Values(), m[k])
+			}
+		}
+		return v
+	case *avro.UnionSchema:
+		if v == nil {
+			return nil
+		}
+		// A branch hamba could not resolve to a Go type comes wrapped as {name: value}.
+		if m, ok := v.(map[string]any); ok && len(m) == 1 {
+			for name, inner := range m {
+				for _, t := range s.Types() {
+					if unionName(t) == name {
+						return jsonValue(t, inner)
+					}
+				}
+			}
+		}
+		for _, t := range s.Types() {
+			if t.Type() != avro.Null {
+				return jsonValue(t, v)
+			}
+		}
+		return v
+	}
+	switch f := v.(type) {
+	case float64:
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil
+		}
+	case float32:
+		if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+			return nil
+		}
+	}
+	return v
+}

@@ -1,0 +1,88 @@
+package subscribe
+
+import (
+	"encoding/base64"
+	"strings"
+
+	"github.com/IBM/sarama"
+)
+
+// Finished offsets above the committed one travel in the offset commit's metadata, as
+// Confluent's parallel-consumer does: with key ordering, events after an unacknowledged
+// one are often acknowledged first, and a Kafka offset alone cannot say so. The next
+// owner of the partition reads the metadata and skips what was already finished, so a
+// rebalance redelivers only what was in flight.
+//
+// Format: "eg1:" + base64url(bitset), bit i set when offset committed+i is finished.
+const aheadPrefix = "eg1:"
+
+// maxAheadBytes keeps the metadata under Kafka's offset.metadata.max.bytes (4096).
+const maxAheadBytes = 3000
+
+// aheadMetadata encodes the finished records of p beyond its commit point.
+func aheadMetadata(p *partition) string {
+	if p.doneAhead == 0 {
+		return ""
+	}
+	var bits []byte
+	for _, m := range p.pending[p.head:] {
+		if m.state != stDone {
+			continue
+		}
+		i := m.rec.Offset - p.next
+		if i < 0 || i >= maxAheadBytes*8 {
+			continue
+		}
+		for int64(len(bits)) <= i/8 {
+			bits = append(bits, 0)
+		}
+		bits[i/8] |= 1 << (i % 8)
+	}
+	if len(bits) == 0 {
+		return ""
+	}
+	return aheadPrefix + base64.RawURLEncoding.EncodeToString(bits)
+}
+
+// skipSet is what a previous owner finished beyond the committed offset.
+type skipSet struct {
+	base int64
+	bits []byte
+}
+
+func parseAhead(committed int64, meta string) *skipSet {
+	rest, ok := strings.CutPrefix(meta, aheadPrefix)
+	if !ok || committed < 0 {
+		return nil
+	}
+	bits, err := base64.RawURLEncoding.DecodeString(rest)
+	if err != nil || len(bits) == 0 {
+		return nil
+	}
+	return &skipSet{base: committed, bits: bits}
+}
+
+func (s *skipSet) has(offset int64) bool {
+	i := offset - s.base
+	return i >= 0 && i < int64(len(s.bits))*8 && s.bits[i/8]&(1<<(i%8)) != 0
+}
+
+func (s *skipSet) past(offset int64) bool { return offset-s.base >= int64(len(s.bits))*8 }
+
+// fetchAhead reads the committed offset's metadata of a partition just claimed.
+func (st *stream) fetchAhead(topic string, partition int32, initial int64) *skipSet {
+	coord, err := st.client.Coordinator(st.opts.Subscription)
+	if err != nil {
+		return nil
+	}
+	req := sarama.NewOffsetFetchRequest(st.m.cfg.KafkaVersion, st.opts.Subscription, map[string][]int32{topic: {partition}})
+	resp, err := coord.FetchOffset(req)
+	if err != nil {
+		return nil
+	}
+	b := resp.GetBlock(topic, partition)
+	if b == nil || b.Err != sarama.ErrNoError || b.Offset != initial {
+		return nil
+	}
+	return parseAhead(b.Offset, b.Metadata)
+}
