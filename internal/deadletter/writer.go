@@ -255,29 +255,14 @@ func (w *Writer) domain(l *Letter) string {
 	const suffix = ".events"
 	t := l.Topic
 	if len(t) > len(w.topicPrefix)+len(suffix) && strings.HasPrefix(t, w.topicPrefix) && strings.HasSuffix(t, suffix) {
-		if d := t[len(w.topicPrefix) : len(t)-len(suffix)]; isDomain(d) {
+		if d := t[len(w.topicPrefix) : len(t)-len(suffix)]; kafka.IsDomain(d) {
 			return d
 		}
 	}
-	if d := kafka.Domain(l.EventType); isDomain(d) {
+	if d := kafka.Domain(l.EventType); kafka.IsDomain(d) {
 		return d
 	}
 	return UnknownType
-}
-
-// isDomain reports a domain as event types have them ([a-z][a-z0-9_]*), short enough
-// for a topic name.
-func isDomain(d string) bool {
-	if d == "" || len(d) > MaxEventType || d[0] < 'a' || d[0] > 'z' {
-		return false
-	}
-	for i := 1; i < len(d); i++ {
-		c := d[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
-			return false
-		}
-	}
-	return true
 }
 
 // rowID is the failed_events id of l (see Write).
