@@ -135,23 +135,27 @@ func grpcurlBin(t *testing.T) string {
 }
 
 // walkthrough returns the README's walkthrough, one shell script.
-func walkthrough(t *testing.T) string {
+func walkthrough(t *testing.T) string { return readmeBlock(t, "walkthrough") }
+
+// readmeBlock returns the bash of the README between <!-- name:start --> and
+// <!-- name:end -->.
+func readmeBlock(t *testing.T, name string) string {
 	t.Helper()
 	b, err := os.ReadFile("../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rest, ok := strings.Cut(string(b), "<!-- walkthrough:start -->")
-	body, _, ok2 := strings.Cut(rest, "<!-- walkthrough:end -->")
+	_, rest, ok := strings.Cut(string(b), "<!-- "+name+":start -->")
+	body, _, ok2 := strings.Cut(rest, "<!-- "+name+":end -->")
 	if !ok || !ok2 {
-		t.Fatal("README has no walkthrough markers")
+		t.Fatalf("README has no %s markers", name)
 	}
 	var script strings.Builder
 	for _, m := range regexp.MustCompile("(?s)```bash\n(.*?)```").FindAllStringSubmatch(body, -1) {
 		script.WriteString(m[1])
 	}
 	if script.Len() == 0 {
-		t.Fatal("walkthrough has no bash block")
+		t.Fatalf("%s has no bash block", name)
 	}
 	return script.String()
 }
@@ -208,6 +212,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 			t.Errorf("walkthrough output lacks %q\n%s", want, o)
 		}
 	}
+	subscribeWalkthrough(t, d, tools)
 	if strings.Contains(d.logText(), "Jane Doe") || strings.Contains(d.logText(), "john@example.com") {
 		t.Error("a payload reached the sidecar's log")
 	}
@@ -241,6 +246,85 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if !strings.Contains(d.logText(), `"reseeded":1`) {
 		t.Errorf("the registry was not re-seeded:\n%s", d.logText())
 	}
+}
+
+// subscribeWalkthrough runs the README's two-terminal subscribe walkthrough: the
+// Subscribe of "terminal 2" in the background, then "terminal 1" with the delivery ids
+// it printed pasted in.
+func subscribeWalkthrough(t *testing.T, d *devSidecar, tools string) {
+	t.Helper()
+	env := append(os.Environ(), "PATH="+tools+":"+os.Getenv("PATH"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	term2 := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c",
+		strings.ReplaceAll(readmeBlock(t, "subscribe-terminal2"), "127.0.0.1:50051", d.grpc))
+	term2.Env = env
+	out := &syncBuffer{}
+	term2.Stdout, term2.Stderr = out, out
+	if err := term2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = term2.Process.Kill(); _ = term2.Wait() }()
+	idRe := regexp.MustCompile(`"deliveryId": "([^"]+)"`)
+	deadline := time.Now().Add(60 * time.Second)
+	waitOut := func(n int) {
+		for len(idRe.FindAllStringSubmatch(out.String(), -1)) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("terminal 2 printed fewer than %d deliveries in 60 s:\n%s\n--- sidecar log ---\n%s", n, out.String(), d.logText())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitOut(2)
+	got := out.String()
+	if strings.Contains(got, "patient.contact_changed") {
+		t.Errorf("the aggregate's second event was delivered before its first was finished:\n%s", got)
+	}
+	for _, want := range []string{`"assignment"`, `"eventType": "patient.created"`, `"name": "Jane Doe"`,
+		`"eventType": "patient.registered"`, `"attempt": 1`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("terminal 2 lacks %s:\n%s", want, got)
+		}
+	}
+	ids := idRe.FindAllStringSubmatch(got, -1)
+	script := readmeBlock(t, "subscribe-terminal1")
+	script = strings.Replace(script, "paste the deliveryId of the first delivery", ids[0][1], 1)
+	script = strings.Replace(script, "paste the deliveryId of the second delivery", ids[1][1], 1)
+	script = strings.ReplaceAll(script, "127.0.0.1:50051", d.grpc)
+	term1 := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	term1.Env = env
+	o1, err := term1.CombinedOutput()
+	if err != nil {
+		t.Fatalf("terminal 1 failed: %v\n%s\n--- sidecar log ---\n%s", err, o1, d.logText())
+	}
+	waitOut(3)
+	if !strings.Contains(out.String(), `"eventType": "patient.contact_changed"`) {
+		t.Errorf("terminal 2 did not get the aggregate's second event:\n%s", out.String())
+	}
+	for _, want := range []string{`"acked": 1`, `"nacked": 1`, `"errorType": "ValidationError"`, `"errorMessage": "no ward given"`,
+		`"subscription": "fhir-service"`, `"dlqTopic": "healthtech.dlq.patient"`} {
+		if !strings.Contains(string(o1), want) {
+			t.Errorf("terminal 1 lacks %s:\n%s", want, o1)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to write from a process and read from a test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestHelpDocumentsEveryFlag: `eventgw --help` lists every serve flag with its text.

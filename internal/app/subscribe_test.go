@@ -172,6 +172,23 @@ func publishKeyed(t *testing.T, s *sidecar, typ string, n int, keys []string) []
 	return out
 }
 
+// publishPadded publishes n events of about size bytes each, over 50 keys.
+func publishPadded(t *testing.T, s *sidecar, typ string, n, size int) {
+	t.Helper()
+	pad := strings.Repeat("x", size)
+	keys := keysN(50)
+	for start := 0; start < n; start += 500 {
+		var evs []*eventgwv1.Event
+		for i := start; i < min(n, start+500); i++ {
+			evs = append(evs, &eventgwv1.Event{EventType: typ, TenantId: tenantA, PartitionKey: keys[i%len(keys)],
+				Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"seq":` + strconv.Itoa(i) + `,"pad":"` + pad + `"}`)}})
+		}
+		if _, err := s.events.PublishBatch(callCtx(t), &eventgwv1.PublishBatchRequest{Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func seqOf(t *testing.T, d *eventgwv1.Delivery) int {
 	t.Helper()
 	m := regexp.MustCompile(`"seq":(\d+)`).FindSubmatch(d.GetPayloadJson())
@@ -370,7 +387,8 @@ func TestSubscribeFlowControl(t *testing.T) {
 		Ordering: eventgwv1.Ordering_ORDERING_NONE, StartPosition: eventgwv1.StartPosition_START_POSITION_EARLIEST,
 	})
 	u.waitAssigned(12)
-	publishKeyed(t, s, "billing.invoice_sent", 3000, keysN(50))
+	const n = 12000 // ~2 KiB each: 24 MiB, far more than the stream may hold
+	publishPadded(t, s, "billing.invoice_sent", n, 2048)
 	first := u.next(10, 20*time.Second)
 	u.quiet(time.Second)
 	held := s.app.Subs.Held()
@@ -379,7 +397,8 @@ func TestSubscribeFlowControl(t *testing.T) {
 	}
 	// Held: what max_in_flight allows plus the read-ahead, bounded by the byte budget
 	// and what sarama had fetched for the partitions when the stream paused.
-	if held.Events >= 3000 || held.Bytes > 2<<20 || !held.Paused {
+	// (12 partitions × (64 buffered records + one 256 KiB fetch)).
+	if held.Events >= n/2 || held.Bytes > 12<<20 || !held.Paused {
 		t.Errorf("the stream holds %+v with nothing acknowledged: it did not stop fetching", held)
 	}
 	s.ack(t, "slow", first)
@@ -390,14 +409,14 @@ func TestSubscribeFlowControl(t *testing.T) {
 	// Drain: everything arrives once acks flow.
 	total := 20
 	s.ack(t, "slow", more)
-	for total < 3000 {
+	for total < n {
 		ds := u.next(1, 20*time.Second)
 		ds = append(ds, pending(u.deliveries)...)
 		total += len(ds)
 		s.ack(t, "slow", ds)
 	}
-	if total != 3000 {
-		t.Errorf("delivered %d events, want 3000", total)
+	if total != n {
+		t.Errorf("delivered %d events, want %d", total, n)
 	}
 }
 

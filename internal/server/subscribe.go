@@ -32,7 +32,7 @@ func (s *EventService) Ack(ctx context.Context, req *eventgwv1.AckRequest) (*eve
 }
 
 // Nack implements EventService.Nack.
-func (s *EventService) Nack(_ context.Context, req *eventgwv1.NackRequest) (*eventgwv1.NackResponse, error) {
+func (s *EventService) Nack(ctx context.Context, req *eventgwv1.NackRequest) (*eventgwv1.NackResponse, error) {
 	if s.subs == nil {
 		return nil, rewriteError(errNotServed)
 	}
@@ -44,7 +44,7 @@ func (s *EventService) Nack(_ context.Context, req *eventgwv1.NackRequest) (*eve
 	default:
 		return nil, rewriteError(errBadNackAction)
 	}
-	n, stale, err := s.subs.Nack(req.GetSubscription(), req.GetDeliveryIds(), deadLetter, req.GetErrorType(), req.GetErrorMessage())
+	n, stale, err := s.subs.Nack(ctx, req.GetSubscription(), req.GetDeliveryIds(), deadLetter, req.GetErrorType(), req.GetErrorMessage())
 	if err != nil {
 		return nil, rewriteError(err)
 	}

@@ -103,10 +103,10 @@ func (m *Manager) consumerConfig(o *Options) *sarama.Config {
 	c.Metadata.AllowAutoTopicCreation = false
 	c.Consumer.Return.Errors = true
 	c.Consumer.Fetch.Min = 1
-	c.Consumer.Fetch.Default = 1 << 20
+	c.Consumer.Fetch.Default = 256 << 10 // per partition and fetch: bounds the read-ahead of a paused stream
 	c.Consumer.MaxWaitTime = 250 * time.Millisecond
 	c.Consumer.MaxProcessingTime = time.Second
-	c.ChannelBufferSize = 256
+	c.ChannelBufferSize = 64
 	c.Consumer.Offsets.AutoCommit.Enable = true
 	c.Consumer.Offsets.AutoCommit.Interval = time.Second
 	c.Consumer.Offsets.Initial = sarama.OffsetNewest
@@ -409,8 +409,8 @@ func (m *Manager) Ack(ctx context.Context, subscription string, ids []string) (i
 }
 
 // Nack fails deliveries: retried after a backoff until max attempts, or dead-lettered
-// now.
-func (m *Manager) Nack(subscription string, ids []string, deadLetter bool, errType, errMsg string) (int, []string, error) {
+// now. It answers once the dead-letter hand-offs it started are done (or ctx ends).
+func (m *Manager) Nack(ctx context.Context, subscription string, ids []string, deadLetter bool, errType, errMsg string) (int, []string, error) {
 	if err := validate.Text("error_type", errType, maxErrorType); err != nil {
 		return 0, nil, err
 	}
@@ -425,6 +425,7 @@ func (m *Manager) Nack(subscription string, ids []string, deadLetter bool, errTy
 		return 0, nil, err
 	}
 	nacked := 0
+	var handoffs []chan struct{}
 	for s, ps := range byStream {
 		s.mu.Lock()
 		for _, p := range ps {
@@ -433,12 +434,21 @@ func (m *Manager) Nack(subscription string, ids []string, deadLetter bool, errTy
 				stale = append(stale, p.raw)
 				continue
 			}
-			s.fail(msg, deadLetter, errType, errMsg)
+			if done := s.fail(msg, deadLetter, errType, errMsg); done != nil {
+				handoffs = append(handoffs, done)
+			}
 			nacked++
 		}
 		s.flushMarks()
 		s.mu.Unlock()
 		s.wake()
+	}
+	for _, done := range handoffs {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nacked, stale, nil
+		}
 	}
 	return nacked, stale, nil
 }

@@ -434,21 +434,24 @@ func (s *stream) schedule(m *msg, state uint8, wait time.Duration) {
 }
 
 // fail handles a record that failed: retried after a backoff, or dead-lettered once
-// it has had its attempts (or at once when deadLetter).
-func (s *stream) fail(m *msg, deadLetter bool, errType, errMsg string) {
+// it has had its attempts (or at once when deadLetter). A dead-letter hand-off returns
+// its channel.
+func (s *stream) fail(m *msg, deadLetter bool, errType, errMsg string) chan struct{} {
 	if m.state == stDelivered {
 		s.inFlight--
 	}
 	if deadLetter || m.attempt >= s.opts.MaxAttempts {
 		m.errType, m.errMsg = errType, errMsg
-		s.startDeadLetter(m)
-		return
+		return s.startDeadLetter(m)
 	}
 	s.schedule(m, stBackoff, s.backoffFor(m.attempt))
+	return nil
 }
 
-// startDeadLetter hands m to the dead-letter writer, outside the lock.
-func (s *stream) startDeadLetter(m *msg) {
+// startDeadLetter hands m to the dead-letter writer, outside the lock; the returned
+// channel closes when this hand-off ended (written, or failed and scheduled again).
+func (s *stream) startDeadLetter(m *msg) chan struct{} {
+	done := make(chan struct{})
 	m.state = stDLQ
 	m.gen++
 	gen := m.gen
@@ -466,6 +469,7 @@ func (s *stream) startDeadLetter(m *msg) {
 	s.m.dlq.Add(1)
 	go func() {
 		defer s.m.dlq.Done()
+		defer close(done)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if js, err := payloadJSON(ctx, s.m.decoder, m.rec); err == nil {
@@ -492,6 +496,7 @@ func (s *stream) startDeadLetter(m *msg) {
 		s.maybeResume()
 		s.wake()
 	}()
+	return done
 }
 
 // tick redelivers expired deliveries and due backoffs.
