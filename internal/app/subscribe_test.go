@@ -246,7 +246,7 @@ func TestSubscribeDeliversEnvelopeAndCommitsOnAck(t *testing.T) {
 	if _, err := s.store.AppendEvents(ctx, &eventgwv1.AppendEventsRequest{
 		TenantId: tenantA, AggregateType: "Patient", AggregateId: agg,
 		ExpectedVersion: &eventgwv1.ExpectedVersion{Kind: &eventgwv1.ExpectedVersion_Any{Any: &emptypb.Empty{}}},
-		Events: []*eventgwv1.NewEvent{{EventType: "patient.registered", Body: &eventgwv1.NewEvent_DataJson{DataJson: []byte(`{"first_name":"Ann"}`)}}},
+		Events:          []*eventgwv1.NewEvent{{EventType: "patient.registered", Body: &eventgwv1.NewEvent_DataJson{DataJson: []byte(`{"first_name":"Ann"}`)}}},
 	}); err != nil {
 		t.Fatal(err)
 	}
