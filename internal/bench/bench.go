@@ -59,6 +59,8 @@ type Options struct {
 	// AggregateEvents and ReplayEvents size the LoadAggregate and ReplayEvents data.
 	AggregateEvents int
 	ReplayEvents    int
+	// SubscribeEvents is how many events the subscribe suite pre-loads and drains.
+	SubscribeEvents int
 	// CPUProfile, when set, is where a CPU profile of the run is written.
 	CPUProfile string
 }
@@ -83,10 +85,11 @@ func Main(args []string, out io.Writer) int {
 	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "how long each scenario runs")
 	fs.StringVar(&o.Sizes, "sizes", "200,1024", "payload sizes in bytes, comma-separated")
 	fs.StringVar(&o.Only, "only", "", "run only scenarios whose name contains this")
-	fs.StringVar(&o.Suite, "suite", "all", "which suite: publish, store or all")
+	fs.StringVar(&o.Suite, "suite", "all", "which suite: publish, store, subscribe or all")
 	fs.BoolVar(&o.Unix, "unix", false, "reach the sidecar over a unix socket instead of 127.0.0.1 TCP")
 	fs.IntVar(&o.AggregateEvents, "aggregate-events", 10000, "events of the aggregates LoadAggregate is measured on (a multiple of 100)")
 	fs.IntVar(&o.ReplayEvents, "replay-events", 100000, "events of the tenant ReplayEvents is measured on (a multiple of 100)")
+	fs.IntVar(&o.SubscribeEvents, "subscribe-events", 200000, "events the subscribe suite pre-loads and drains")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -95,8 +98,8 @@ func Main(args []string, out io.Writer) int {
 		fmt.Fprintln(os.Stderr, "bench: --aggregate-events and --replay-events must be multiples of 100")
 		return 2
 	}
-	if o.Suite != "all" && o.Suite != "publish" && o.Suite != "store" {
-		fmt.Fprintln(os.Stderr, "bench: --suite must be publish, store or all")
+	if o.Suite != "all" && o.Suite != "publish" && o.Suite != "store" && o.Suite != "subscribe" {
+		fmt.Fprintln(os.Stderr, "bench: --suite must be publish, store, subscribe or all")
 		return 2
 	}
 	if o.CPUProfile != "" {
@@ -226,7 +229,7 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version(), o.Duration)
 	var pubResults []Result
 	for _, sz := range strings.Split(o.Sizes, ",") {
-		if o.Suite == "store" {
+		if o.Suite != "all" && o.Suite != "publish" {
 			break
 		}
 		size, err := strconv.Atoi(strings.TrimSpace(sz))
@@ -266,6 +269,19 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 		}
 		reportStore(out, rs)
 		results = append(results, rs...)
+	}
+	if o.Suite == "subscribe" || o.Suite == "all" {
+		if len(results) > 0 {
+			fmt.Fprintln(out)
+		}
+		rs, err := e.subscribeSuite(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		reportSubscribe(out, rs, subCap(o.Duration))
+		for _, r := range rs {
+			results = append(results, r.Result)
+		}
 	}
 	return results, nil
 }

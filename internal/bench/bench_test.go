@@ -12,7 +12,7 @@ func TestBenchSmoke(t *testing.T) {
 		t.Skip("starts a whole stack; run without -short")
 	}
 	var out bytes.Buffer
-	rs, err := run(Options{Duration: 150e6, Sizes: "200", Suite: "all", AggregateEvents: 300, ReplayEvents: 500}, &out)
+	rs, err := run(Options{Duration: 150e6, Sizes: "200", Suite: "all", AggregateEvents: 300, ReplayEvents: 500, SubscribeEvents: 3000}, &out)
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out.String())
 	}
