@@ -104,7 +104,11 @@ func (m *Manager) consumerConfig(o *Options) *sarama.Config {
 	c.Consumer.Return.Errors = true
 	c.Consumer.Fetch.Min = 1
 	c.Consumer.Fetch.Default = 256 << 10 // per partition and fetch: bounds the read-ahead of a paused stream
-	c.Consumer.MaxWaitTime = 250 * time.Millisecond
+	// sarama sends offset commits on the connection its fetches use, and a broker
+	// answers one request per connection at a time: an idle fetch's wait delays the
+	// commit an Ack waits for. Keep the wait short (an idle stream then polls each
+	// broker 50 times a second).
+	c.Consumer.MaxWaitTime = 20 * time.Millisecond
 	c.Consumer.MaxProcessingTime = time.Second
 	c.ChannelBufferSize = 64
 	c.Consumer.Offsets.AutoCommit.Enable = true
