@@ -3,8 +3,8 @@ package subscribe
 import (
 	"container/heap"
 	"context"
-	"errors"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -488,9 +488,8 @@ func (s *stream) startDeadLetter(m *msg) chan struct{} {
 			s.schedule(m, stDLQWait, s.backoffFor(min(m.dlqTries, 10)))
 			return
 		}
-		s.log.Info("event dead-lettered", zap.String("subscription", s.opts.Subscription),
-			zap.String("topic", m.rec.Topic), zap.Int32("partition", m.rec.Partition), zap.Int64("offset", m.rec.Offset),
-			zap.String("event_id", l.EventID), zap.String("event_type", l.EventType), zap.Int32("attempts", m.attempt))
+		// The writer logged it (with the event type checked: a foreign record's header
+		// could hold any text).
 		s.finish(m)
 		s.flushMarks()
 		s.maybeResume()
@@ -626,19 +625,11 @@ func (s *stream) assignmentNow() *eventgwv1.Assignment {
 	a := &eventgwv1.Assignment{Subscription: s.opts.Subscription}
 	for _, t := range s.opts.Topics {
 		if ps := byTopic[t]; len(ps) > 0 {
-			sortInt32(ps)
+			slices.Sort(ps)
 			a.Topics = append(a.Topics, &eventgwv1.TopicPartitions{Topic: t, Partitions: ps})
 		}
 	}
 	return a
-}
-
-func sortInt32(s []int32) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j] < s[j-1]; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // updateLag sets consumer_lag_messages of every owned partition: the high watermark
@@ -668,5 +659,3 @@ func (s *stream) updateLag(refresh bool) {
 		}
 	}
 }
-
-var errStreamEnded = errors.New("stream ended")
