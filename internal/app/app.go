@@ -202,10 +202,15 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	a.Events = store.NewEvents(a.Pool)
 	a.Relay = outbox.New(a.Pool, pub, a.Registry, log)
 	a.snapshots = store.NewSnapshotter(a.Events, int64(cfg.SnapshotEvery), log)
+	sagas, err := a.buildSagas(ctx, pub, m)
+	if err != nil {
+		return nil, err
+	}
 	a.grpcSrv, a.health = server.NewGRPC(server.Options{
 		MaxRecvBytes: cfg.MaxRequestBytes, Registerer: a.Registry, Log: log,
 	}, server.Services{
 		Events:     server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log).WithSubscriptions(a.Subs),
+		Sagas:      sagas,
 		DeadLetter: server.NewDeadLetterService(failed, dlq, pub, a.Producer, topics, a.Router, m, cfg.ServiceName),
 		EventStore: server.NewEventStoreService(a.Events, store.NewAppender(a.Events, cfg.AppendSlots), a.snapshots, pub, a.Relay, outbox.ToEvent,
 			cfg.MaxBatch, cfg.MaxEventBytes),
@@ -271,6 +276,7 @@ func (a *App) Run(ctx context.Context) error {
 	var bg errgroup.Group
 	bg.Go(func() error { return a.Relay.Run(bgCtx) })
 	bg.Go(func() error { return a.snapshots.Run(bgCtx) })
+	bg.Go(func() error { return a.runSagas(bgCtx) })
 	server.SetServing(a.health, true)
 	a.logReady()
 	g.Go(func() error {
