@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,10 +41,13 @@ import (
 var tenants = func() []string {
 	out := make([]string, 64)
 	for i := range out {
-		out[i] = fmt.Sprintf("6f1c2a9e-8d1b-4a4e-9f0e-%012x", i)
+		out[i] = benchTenant(i)
 	}
 	return out
 }()
+
+// benchTenant is the i-th tenant id of the bench's key space.
+func benchTenant(i int) string { return fmt.Sprintf("6f1c2a9e-8d1b-4a4e-9f0e-%012x", i) }
 
 var tenantSeq atomic.Uint64
 
@@ -61,6 +65,9 @@ type Options struct {
 	ReplayEvents    int
 	// SubscribeEvents is how many events the subscribe suite pre-loads and drains.
 	SubscribeEvents int
+	// SubscribeKeys is how many tenant keys the pre-loaded events spread over (key
+	// order allows one unacknowledged delivery per key).
+	SubscribeKeys int
 	// CPUProfile, when set, is where a CPU profile of the run is written.
 	CPUProfile string
 }
@@ -90,6 +97,7 @@ func Main(args []string, out io.Writer) int {
 	fs.IntVar(&o.AggregateEvents, "aggregate-events", 10000, "events of the aggregates LoadAggregate is measured on (a multiple of 100)")
 	fs.IntVar(&o.ReplayEvents, "replay-events", 100000, "events of the tenant ReplayEvents is measured on (a multiple of 100)")
 	fs.IntVar(&o.SubscribeEvents, "subscribe-events", 200000, "events the subscribe suite pre-loads and drains")
+	fs.IntVar(&o.SubscribeKeys, "subscribe-keys", 64, "tenant keys the subscribe suite's pre-loaded events spread over")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -278,7 +286,7 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		reportSubscribe(out, rs, subCap(o.Duration))
+		reportSubscribe(out, rs, subCap(o.Duration), cmp.Or(max(o.SubscribeKeys, 0), len(tenants)))
 		for _, r := range rs {
 			results = append(results, r.Result)
 		}

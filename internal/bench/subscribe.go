@@ -128,6 +128,10 @@ func (e *env) subscribeSuite(ctx context.Context, o Options) ([]subResult, error
 	if n <= 0 {
 		n = 200000
 	}
+	keys := o.SubscribeKeys
+	if keys <= 0 {
+		keys = len(tenants)
+	}
 	want := func(name string) bool { return o.Only == "" || strings.Contains(name, o.Only) }
 	var rs []subResult
 	add := func(r subResult, err error) error {
@@ -174,7 +178,7 @@ func (e *env) subscribeSuite(ctx context.Context, o Options) ([]subResult, error
 			return nil, err
 		}
 		t0 := time.Now()
-		if err := e.preload(ctx, n); err != nil {
+		if err := e.preload(ctx, n, keys); err != nil {
 			e.dropTopic()
 			return nil, fmt.Errorf("pre-load: %w", err)
 		}
@@ -184,7 +188,7 @@ func (e *env) subscribeSuite(ctx context.Context, o Options) ([]subResult, error
 			return nil, err
 		}
 		fmt.Fprintf(os2(), "  pre-loaded %d events (%d B JSON, %d tenant keys) in %v through PublishBatch\n",
-			total, len(payloadJSON(200)), len(tenants), time.Since(t0).Round(time.Millisecond))
+			total, len(payloadJSON(200)), keys, time.Since(t0).Round(time.Millisecond))
 		for _, d := range selected {
 			// The previous scenario's streams leave their groups in the background.
 			time.Sleep(300 * time.Millisecond)
@@ -212,11 +216,11 @@ func (e *env) subscribeSuite(ctx context.Context, o Options) ([]subResult, error
 	return rs, nil
 }
 
-// preload publishes n events (~200 B JSON over the tenant keys) to the scenario's
-// topic through PublishBatch, 100 per call, 8 callers.
-func (e *env) preload(ctx context.Context, n int) error {
+// preload publishes n events (~200 B JSON, round-robin over keys tenant keys) to the
+// scenario's topic through PublishBatch, 100 per call, 8 callers.
+func (e *env) preload(ctx context.Context, n, keys int) error {
 	calls := int64((n + 99) / 100)
-	var next atomic.Int64
+	var next, key atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for i := range 8 {
@@ -229,6 +233,9 @@ func (e *env) preload(ctx context.Context, n int) error {
 			}
 			c := e.client(i)
 			for next.Add(1) <= calls {
+				for _, ev := range evs {
+					ev.TenantId = benchTenant(int(key.Add(1)) % keys)
+				}
 				resp, err := c.PublishBatch(ctx, &eventgwv1.PublishBatchRequest{Events: evs})
 				if err != nil {
 					errs <- err
@@ -722,7 +729,7 @@ func sentAt(js []byte) (int64, bool) {
 	return v, err == nil
 }
 
-func reportSubscribe(out io.Writer, rs []subResult, capAfter time.Duration) {
+func reportSubscribe(out io.Writer, rs []subResult, capAfter time.Duration, keys int) {
 	var direct *subResult
 	for i := range rs {
 		if strings.HasPrefix(rs[i].Name, "direct sarama ConsumerGroup") {
@@ -775,7 +782,7 @@ measured events; its CPU includes publishing them.
 CPU s/1k ev and peak RSS are the whole bench process (sidecar, gRPC client, kfake and
 sarama all run in it): getrusage(RUSAGE_SELF) over the scenario, VmHWM reset before it.
 kfake keeps the pre-loaded topic in memory, which counts in every drain's RSS.
-`, len(tenants), capAfter, subMaxInFlight, subMaxBatch, subAckIDs)
+`, keys, capAfter, subMaxInFlight, subMaxBatch, subAckIDs)
 }
 
 // subCap is how long a sidecar drain may run before it is cut short.
