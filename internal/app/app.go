@@ -49,6 +49,9 @@ type App struct {
 	Events   *store.Events
 	Relay    *outbox.Relay
 	Subs     *subscribe.Manager
+	// Fallback queues publishes in PostgreSQL while Kafka is unavailable.
+	Fallback *publish.Fallback
+	Breakers *Breakers
 
 	snapshots *store.Snapshotter
 
@@ -178,6 +181,14 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	}
 
 	m := metrics.New(a.Registry)
+	a.Breakers = newBreakers(cfg, a.Registry, log)
+	queue := store.NewPublishQueue(a.Pool, instanceName(cfg.ServiceName))
+	a.closer.push(queue.Close)
+	startTop, err := store.MaxQueuedPosition(ctx, a.Pool)
+	if err != nil {
+		return nil, err
+	}
+	a.Fallback = publish.NewFallback(queue, a.Breakers.Kafka, startTop, a.Registry, log)
 	pub := publish.New(publish.Config{
 		DefaultSource:  cfg.ServiceName,
 		Limits:         event.Limits{MaxEventBytes: cfg.MaxEventBytes},
@@ -185,7 +196,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		RequireSchemas: cfg.RequireSchemas,
 		Domains:        cfg.DomainSet(),
 		Timeout:        cfg.PublishTimeout,
-	}, a.Router, topics, a.Producer, a.Schemas, m, log)
+	}, a.Router, topics, a.Producer, a.Schemas, m, log).WithFallback(a.Fallback)
 
 	failed := store.NewFailedEvents(a.Pool)
 	dlq := deadletter.New(deadletter.Config{
@@ -201,6 +212,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 
 	a.Events = store.NewEvents(a.Pool)
 	a.Relay = outbox.New(a.Pool, pub, a.Registry, log)
+	a.Fallback.OnQueued = a.Relay.Kick
 	a.snapshots = store.NewSnapshotter(a.Events, int64(cfg.SnapshotEvery), log)
 	sagas, err := a.buildSagas(ctx, pub, m)
 	if err != nil {
@@ -277,6 +289,7 @@ func (a *App) Run(ctx context.Context) error {
 	bg.Go(func() error { return a.Relay.Run(bgCtx) })
 	bg.Go(func() error { return a.snapshots.Run(bgCtx) })
 	bg.Go(func() error { return a.runSagas(bgCtx) })
+	bg.Go(func() error { return a.Fallback.Run(bgCtx) })
 	server.SetServing(a.health, true)
 	a.logReady()
 	g.Go(func() error {

@@ -507,7 +507,10 @@ func TestTopicSettings(t *testing.T) {
 	_ = kadm.TopicDetails{}
 }
 
-func TestKafkaDownAnswersUnavailableWithoutHanging(t *testing.T) {
+// TestKafkaClosedPublishIsQueued: with the whole Kafka cluster gone, Publish neither
+// hangs nor fails: the event is queued in PostgreSQL, and a caller's own short deadline
+// is honoured.
+func TestKafkaClosedPublishIsQueued(t *testing.T) {
 	s := startSidecar(t, nil)
 	ctx := callCtx(t)
 	ev := &eventgwv1.Event{EventType: "patient.created", TenantId: tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{}`)}}
@@ -516,17 +519,19 @@ func TestKafkaDownAnswersUnavailableWithoutHanging(t *testing.T) {
 	}
 	s.kafka.Cluster.Close()
 	start := time.Now()
-	_, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: ev})
-	if c := status.Code(err); c != codes.Unavailable {
-		t.Fatalf("code %v (%v), want Unavailable", c, err)
+	resp, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: ev})
+	if err != nil || !resp.GetResult().GetQueued() {
+		t.Fatalf("publish with Kafka gone: %v, %v; want queued", resp, err)
 	}
-	t.Logf("Unavailable after %v", time.Since(start))
-	// A caller's own short deadline is honoured too.
+	t.Logf("queued after %v", time.Since(start))
 	dctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err = s.events.Publish(dctx, &eventgwv1.PublishRequest{Event: ev})
-	if c := status.Code(err); c != codes.DeadlineExceeded && c != codes.Unavailable {
-		t.Fatalf("code %v, want DeadlineExceeded or Unavailable", c)
+	resp, err = s.events.Publish(dctx, &eventgwv1.PublishRequest{Event: ev})
+	if c := status.Code(err); (err != nil && c != codes.DeadlineExceeded) || (err == nil && !resp.GetResult().GetQueued()) {
+		t.Fatalf("short deadline: %v, %v; want queued or DeadlineExceeded", resp, err)
+	}
+	if n := dbCount(t, s.dbURL, `SELECT count(*) FROM publish_queue`); n < 1 {
+		t.Fatalf("%d rows queued", n)
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/peterbourgon/ff/v3"
+
+	"github.com/eventgw/eventgw/internal/resilience"
 )
 
 // Config is everything `eventgw serve` can be told.
@@ -54,6 +56,12 @@ type Config struct {
 
 	SubscribeSessionTimeout time.Duration
 	SubscribeMaxHeldBytes   int
+
+	// The guide's circuit breaker settings, one breaker per dependency.
+	BreakerFailureThreshold    int
+	BreakerSuccessThreshold    int
+	BreakerTimeout             time.Duration
+	BreakerHalfOpenMaxRequests int
 }
 
 // Register defines the serve flags on fs.
@@ -93,6 +101,10 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.SnapshotEvery, "snapshot-every", 100, "write an aggregate snapshot automatically every this many events (0: never)")
 	fs.DurationVar(&c.SubscribeSessionTimeout, "subscribe-session-timeout", 10*time.Second, "consumer group session timeout: how long the partitions of a subscriber that vanished (a killed sidecar) wait before moving to the others")
 	fs.IntVar(&c.SubscribeMaxHeldBytes, "subscribe-max-held-bytes", 64<<20, "bytes of events one Subscribe stream may hold (delivered and read ahead); past it the stream stops fetching until acks free room")
+	fs.IntVar(&c.BreakerFailureThreshold, "breaker-failure-threshold", 5, "circuit breakers: consecutive failures of a dependency (Kafka, registry, PostgreSQL) that open its breaker")
+	fs.IntVar(&c.BreakerSuccessThreshold, "breaker-success-threshold", 2, "circuit breakers: successful trial calls that close a half-open breaker")
+	fs.DurationVar(&c.BreakerTimeout, "breaker-timeout", 60*time.Second, "circuit breakers: time open before trial calls are let through (half-open)")
+	fs.IntVar(&c.BreakerHalfOpenMaxRequests, "breaker-half-open-max-requests", 3, "circuit breakers: trial calls at once while half-open")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight calls get to finish on SIGINT/SIGTERM")
 }
 
@@ -124,6 +136,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.DevPorts(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.BreakerSettings().Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--breaker-*: %w", err))
 	}
 	if _, err := c.RouteMap(); err != nil {
 		errs = append(errs, err)
@@ -242,4 +257,12 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// BreakerSettings are the circuit breaker flags.
+func (c *Config) BreakerSettings() resilience.Settings {
+	return resilience.Settings{
+		FailureThreshold: c.BreakerFailureThreshold, SuccessThreshold: c.BreakerSuccessThreshold,
+		Timeout: c.BreakerTimeout, HalfOpenMaxRequests: c.BreakerHalfOpenMaxRequests,
+	}
 }

@@ -206,3 +206,29 @@ func (p *Producer) Close() error {
 	p.wg.Wait()
 	return nil
 }
+
+// Unavailable reports whether err says Kafka could not take a message for a reason of
+// Kafka's (a broker, the network, a timeout) rather than because of the message itself
+// (too large, refused by a policy, not authorized), which no retry or queueing fixes.
+func Unavailable(err error) bool {
+	if err == nil || errors.Is(err, ErrClosed) {
+		return false
+	}
+	var ke sarama.KError
+	if errors.As(err, &ke) {
+		switch ke {
+		case sarama.ErrInvalidMessage, sarama.ErrInvalidMessageSize, sarama.ErrMessageSizeTooLarge,
+			sarama.ErrInvalidTopic, sarama.ErrMessageSetSizeTooLarge, sarama.ErrInvalidRequiredAcks,
+			sarama.ErrTopicAuthorizationFailed, sarama.ErrClusterAuthorizationFailed,
+			sarama.ErrUnsupportedForMessageFormat, sarama.ErrPolicyViolation, sarama.ErrInvalidRecord:
+			return false
+		}
+		return true
+	}
+	var ce sarama.ConfigurationError
+	if errors.As(err, &ce) {
+		return false
+	}
+	var ue *UnavailableError
+	return errors.As(err, &ue)
+}

@@ -38,6 +38,7 @@ type Relay struct {
 	log  *zap.Logger
 
 	owner  atomic.Bool
+	lease  atomic.Int64  // unix nanoseconds: this relay may publish until then
 	wake   chan struct{} // new events (this sidecar is the relay)
 	nwake  chan struct{} // new events to announce to the relay elsewhere
 	cursor int64         // used by the work goroutine only
@@ -46,6 +47,7 @@ type Relay struct {
 	published prometheus.Counter
 	lag       prometheus.Histogram
 	ownerG    prometheus.Gauge
+	queue     queueMetrics
 	// PollInterval is the fallback poll (and the lock check).
 	PollInterval time.Duration
 }
@@ -71,6 +73,7 @@ func New(pool *pgxpool.Pool, pub *publish.Publisher, reg prometheus.Registerer, 
 		}),
 	}
 	reg.MustRegister(r.backlog, r.published, r.lag, r.ownerG)
+	r.queue = newQueueMetrics(reg)
 	return r
 }
 
@@ -167,43 +170,103 @@ func (r *Relay) elect(ctx context.Context) {
 	}
 }
 
+// Leadership is fenced by a lease: the relay holding the lock renews lease_until on the
+// lock's connection every leaseRenew; it starts a batch only with at least
+// leaseMinLeft of its lease left, and the batch's deadline is the lease's end. A relay
+// that takes the lock over waits until the previous lease has ended, plus
+// leaseStraggler for messages the producer may still be retrying. So a relay that
+// loses its connection (and with it the lock) has stopped publishing before another
+// starts.
+const (
+	leaseTTL       = 2 * time.Second
+	leaseRenew     = 500 * time.Millisecond
+	leaseMinLeft   = 750 * time.Millisecond
+	leaseStraggler = time.Second
+)
+
 func (r *Relay) electOnce(ctx context.Context) error {
 	conn, err := r.connect(ctx)
 	if err != nil {
 		return err
 	}
+	held := false
 	defer func() {
+		r.owner.Store(false)
+		r.lease.Store(0)
 		cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if held && ctx.Err() != nil {
+			// Stopping cleanly: whatever this relay sent is acknowledged or abandoned, so
+			// the next relay need not wait out the lease.
+			_, _ = conn.Exec(cctx, `UPDATE outbox_cursor SET lease_until = now() WHERE id = 1`)
+		}
 		_ = conn.Close(cctx)
 		cancel()
 	}()
-	t := time.NewTicker(r.PollInterval)
-	defer t.Stop()
+	var activeAt time.Time
 	for {
-		if r.owner.Load() {
-			// A cheap round trip proves the connection (and so the lock) is still there.
-			if _, err := conn.Exec(ctx, `SELECT 1`); err != nil {
+		wait := r.PollInterval
+		if held {
+			sent := time.Now()
+			if _, err := conn.Exec(ctx, `UPDATE outbox_cursor SET lease_until = now() + make_interval(secs => $1) WHERE id = 1`,
+				leaseTTL.Seconds()); err != nil {
 				return err
 			}
-		} else {
-			var got bool
-			if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, 0)`, lockNamespace).Scan(&got); err != nil {
-				return err
-			}
-			if got {
+			r.lease.Store(sent.Add(leaseTTL).UnixNano())
+			if !r.owner.Load() && !time.Now().Before(activeAt) {
 				r.log.Info("this sidecar now publishes the outbox")
 				r.owner.Store(true)
 				r.ownerG.Set(1)
 				signal(r.wake)
 			}
+			wait = min(leaseRenew, wait)
+		} else {
+			var got bool
+			var left float64
+			if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, 0),
+				extract(epoch FROM greatest((SELECT lease_until FROM outbox_cursor WHERE id = 1), now()) - now())::float8`,
+				lockNamespace).Scan(&got, &left); err != nil {
+				return err
+			}
+			if got {
+				held = true
+				activeAt = time.Now()
+				if left > 0 {
+					d := time.Duration(left*float64(time.Second)) + leaseStraggler
+					activeAt = activeAt.Add(d)
+					r.log.Info("took the outbox relay lock; waiting for the previous relay's lease to end", zap.Duration("for", d))
+				}
+				continue // renew at once
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-time.After(wait):
 		}
 	}
 }
+
+// leaseLeft is how long this relay may still publish.
+func (r *Relay) leaseLeft() time.Duration {
+	if !r.owner.Load() {
+		return 0
+	}
+	return time.Until(time.Unix(0, r.lease.Load()))
+}
+
+// batchContext bounds one publish batch by the lease; ok is false when too little of
+// it is left to start one.
+func (r *Relay) batchContext(ctx context.Context) (context.Context, context.CancelFunc, bool) {
+	left := r.leaseLeft()
+	if left < leaseMinLeft {
+		return nil, nil, false
+	}
+	c, cancel := context.WithTimeout(ctx, left)
+	return c, cancel, true
+}
+
+// errLeaseShort: the lease is not renewed in time to start a batch.
+var errLeaseShort = errors.New("outbox relay lease too short to publish (lock connection slow or lost)")
 
 // work publishes whenever woken (or every PollInterval) while this sidecar is the relay.
 func (r *Relay) work(ctx context.Context) {
@@ -226,6 +289,17 @@ func (r *Relay) work(ctx context.Context) {
 		wasOwner = owner
 		if owner {
 			n, blocked, err := r.drain(ctx)
+			if err == nil {
+				// Then the publishes queued while Kafka was unavailable.
+				var qn int
+				qn, err = r.drainQueue(ctx)
+				switch {
+				case qn >= queueBatch:
+					n = max(n, batchSize)
+				case n == 0:
+					n = qn
+				}
+			}
 			switch {
 			case err != nil && ctx.Err() != nil:
 				return
@@ -359,9 +433,12 @@ func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (int64, er
 	if len(msgs) == 0 {
 		return upto, nil
 	}
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	pctx, cancel, ok := r.batchContext(ctx)
+	if !ok {
+		return r.cursor, errLeaseShort
+	}
 	defer cancel()
-	pending, err := r.pub.Send(pctx, pubEvents, msgs, now)
+	pending, err := r.pub.SendDirect(pctx, pubEvents, msgs, now)
 	if err != nil {
 		return r.cursor, err
 	}
@@ -418,9 +495,14 @@ func (r *Relay) measureBacklog(ctx context.Context) {
 		var n int64
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := r.pool.QueryRow(qctx, `SELECT count(*) FROM stored_events WHERE position > (SELECT position FROM outbox_cursor WHERE id = 1)`).Scan(&n)
+		var queued int64
+		if err == nil {
+			queued, _, err = store.QueueBacklog(qctx, r.pool)
+		}
 		cancel()
 		if err == nil {
 			r.backlog.Set(float64(n))
+			r.queue.backlog.Set(float64(queued))
 		} else if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 			r.log.Debug("outbox backlog", zap.Error(err))
 		}

@@ -38,6 +38,9 @@ type Outcome struct {
 	Partition int32
 	Offset    int64
 	Err       error
+	// Queued: Kafka was unavailable; the event is stored in PostgreSQL's publish_queue
+	// and the relay publishes it when Kafka is back (Partition and Offset are -1).
+	Queued bool
 }
 
 // Publisher publishes events to Kafka.
@@ -49,6 +52,14 @@ type Publisher struct {
 	schemas  *schema.Registry
 	metrics  *metrics.Metrics
 	log      *zap.Logger
+	fb       *Fallback
+}
+
+// WithFallback makes the publisher queue events in PostgreSQL while Kafka is
+// unavailable (see Fallback).
+func (p *Publisher) WithFallback(f *Fallback) *Publisher {
+	p.fb = f
+	return p
 }
 
 // New builds a Publisher.
@@ -61,10 +72,15 @@ func New(cfg Config, router *kafka.Router, topics *kafka.Topics, producer *kafka
 // Pending is a batch handed to Kafka whose acknowledgements may not all be in yet.
 type Pending struct {
 	events []event.Event
+	msgs   []*sarama.ProducerMessage
 	topics []string
-	batch  *kafka.Batch
+	batch  *kafka.Batch // nil when every event went to the queue
 	start  time.Time
 	p      *Publisher
+	// queuedDone delivers the outcome of queueing every event (batch == nil).
+	queuedDone chan error
+	direct     bool // no fallback: Kafka's outcome is the answer
+	permit     bool // direct, holding a Kafka breaker permit to settle
 }
 
 // Publish checks and sends events, then waits for their acknowledgements. A bad event
@@ -141,28 +157,167 @@ func (p *Publisher) Encode(e *event.Event, now time.Time) (*sarama.ProducerMessa
 }
 
 // Send hands encoded messages (msgs[i] encodes events[i]) to Kafka, creating their
-// topics first when needed.
+// topics first when needed. With a fallback, while Kafka is unavailable (or this
+// sidecar still has queued events) they go to PostgreSQL's queue instead.
 func (p *Publisher) Send(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time) (*Pending, error) {
+	f := p.fb
+	if f == nil {
+		return p.SendDirect(ctx, events, msgs, start)
+	}
+	f.mu.RLock()
+	if !f.queued.Load() {
+		f.mu.RUnlock()
+		if err := f.breaker.Allow(); err != nil {
+			f.enter(err.Error())
+		} else {
+			pend, err := p.sendKafka(ctx, events, msgs, start)
+			if err == nil {
+				return pend, nil
+			}
+			f.breaker.Done(err)
+			f.enter("kafka: " + err.Error())
+		}
+		f.mu.RLock()
+	}
+	// Queued mode: the rows are committed before f.mu is released.
+	pend := &Pending{events: events, msgs: msgs, topics: topicsOf(msgs), start: start, p: p, queuedDone: make(chan error, 1)}
+	all := make([]int, len(msgs))
+	for i := range all {
+		all[i] = i
+	}
+	wait := f.submit(ctx, events, msgs, all)
+	go func() {
+		defer f.mu.RUnlock()
+		pend.queuedDone <- wait()
+	}()
+	return pend, nil
+}
+
+// SendDirect is Send without the fallback: Kafka's outcome is the answer (the relay
+// publishing queued events uses it).
+func (p *Publisher) SendDirect(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time) (*Pending, error) {
+	permit := p.fb != nil && p.fb.breaker.Allow() == nil
+	pend, err := p.sendKafka(ctx, events, msgs, start)
+	if err != nil {
+		if permit {
+			p.fb.breaker.Done(err)
+		}
+		return nil, err
+	}
+	pend.direct, pend.permit = true, permit
+	return pend, nil
+}
+
+func topicsOf(msgs []*sarama.ProducerMessage) []string {
 	topics := make([]string, len(msgs))
 	for i, m := range msgs {
 		topics[i] = m.Topic
+	}
+	return topics
+}
+
+func (p *Publisher) sendKafka(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time) (*Pending, error) {
+	topics := topicsOf(msgs)
+	for i, m := range msgs {
 		if i > 0 && m.Topic == msgs[i-1].Topic {
 			continue
 		}
 		if err := p.topics.Ensure(ctx, m.Topic, kafka.Domain(events[i].Type)); err != nil {
-			p.countFailed(events, "unavailable")
+			if p.fb == nil {
+				p.countFailed(events, "unavailable")
+			}
 			return nil, &kafka.UnavailableError{Err: err}
 		}
 	}
 	b := kafka.NewBatch(len(msgs))
 	p.producer.Send(ctx, b, msgs)
-	return &Pending{events: events, topics: topics, batch: b, start: start, p: p}, nil
+	return &Pending{events: events, msgs: msgs, topics: topics, batch: b, start: start, p: p}, nil
+}
+
+// kafkaBudget is how long to wait for Kafka's acknowledgements when the fallback may
+// still have to queue what Kafka did not take: a quarter of the time left, at most 2 s,
+// is kept for that.
+func kafkaBudget(ctx context.Context) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	keep := min(time.Until(dl)/4, 2*time.Second)
+	return context.WithDeadline(ctx, dl.Add(-keep))
 }
 
 // Wait waits for every acknowledgement (or ctx's end) and returns the outcomes in order.
+// With a fallback, events Kafka did not take for a reason of Kafka's are queued in
+// PostgreSQL and answered Queued.
 func (pd *Pending) Wait(ctx context.Context) []Outcome {
-	pd.batch.Wait(ctx)
+	p := pd.p
 	out := make([]Outcome, len(pd.events))
+	if pd.batch == nil {
+		err := <-pd.queuedDone
+		for i := range pd.events {
+			out[i] = Outcome{EventID: pd.events[i].ID, Topic: pd.topics[i], Partition: -1, Offset: -1, Queued: err == nil}
+			if err != nil {
+				out[i].Err = &errBothDown{kafka: errors.New("kafka unavailable"), pg: err}
+			}
+		}
+		pd.count(out)
+		return out
+	}
+	f := p.fb
+	if f != nil && !pd.direct {
+		kctx, cancel := kafkaBudget(ctx)
+		pd.batch.Wait(kctx)
+		cancel()
+	} else {
+		pd.batch.Wait(ctx)
+	}
+	if pd.permit {
+		defer func() { f.breaker.Done(firstErr(out)) }()
+	}
+	var failed []int
+	var kerr error
+	for i := range pd.events {
+		r, _ := pd.batch.Result(i)
+		out[i] = Outcome{EventID: pd.events[i].ID, Topic: pd.topics[i], Partition: r.Partition, Offset: r.Offset, Err: r.Err}
+		if f != nil && !pd.direct && kafkaDown(r.Err) && ctx.Err() == nil {
+			failed = append(failed, i)
+			if kerr == nil {
+				kerr = r.Err
+			}
+		}
+	}
+	if f != nil && !pd.direct {
+		f.breaker.Done(firstErr(out))
+		if len(failed) > 0 {
+			f.enter("kafka: " + kerr.Error())
+			f.mu.RLock()
+			err := f.submit(ctx, pd.events, pd.msgs, failed)()
+			f.mu.RUnlock()
+			for _, i := range failed {
+				if err != nil {
+					out[i].Err = &errBothDown{kafka: out[i].Err, pg: err}
+					continue
+				}
+				out[i] = Outcome{EventID: out[i].EventID, Topic: out[i].Topic, Partition: -1, Offset: -1, Queued: true}
+			}
+		}
+	}
+	pd.count(out)
+	return out
+}
+
+func firstErr(out []Outcome) error {
+	for i := range out {
+		if out[i].Err != nil {
+			return out[i].Err
+		}
+	}
+	return nil
+}
+
+// count records the outcomes' metrics (queued events count as published when the
+// relay publishes them).
+func (pd *Pending) count(out []Outcome) {
 	p := pd.p
 	var (
 		lastKey  [2]string
@@ -177,11 +332,12 @@ func (pd *Pending) Wait(ctx context.Context) []Outcome {
 	}
 	for i := range pd.events {
 		e := &pd.events[i]
-		r, _ := pd.batch.Result(i)
-		out[i] = Outcome{EventID: e.ID, Topic: pd.topics[i], Partition: r.Partition, Offset: r.Offset, Err: r.Err}
-		if r.Err != nil {
+		if out[i].Queued {
+			continue
+		}
+		if err := out[i].Err; err != nil {
 			reason := "unavailable"
-			if errors.Is(r.Err, context.DeadlineExceeded) || errors.Is(r.Err, context.Canceled) {
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 				reason = "timeout"
 			}
 			p.metrics.PublishErrors.WithLabelValues(e.Source, e.Type, reason).Inc()
@@ -195,7 +351,6 @@ func (pd *Pending) Wait(ctx context.Context) []Outcome {
 	}
 	flush()
 	p.metrics.PublishDuration.WithLabelValues(svcFirst).Observe(time.Since(pd.start).Seconds())
-	return out
 }
 
 func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMessage) error {

@@ -115,7 +115,7 @@ func (s *EventService) PublishBatch(ctx context.Context, req *eventgwv1.PublishB
 }
 
 func toResult(o *publish.Outcome) *eventgwv1.PublishResult {
-	return &eventgwv1.PublishResult{EventId: o.EventID, Topic: o.Topic, Partition: o.Partition, Offset: o.Offset}
+	return &eventgwv1.PublishResult{EventId: o.EventID, Topic: o.Topic, Partition: o.Partition, Offset: o.Offset, Queued: o.Queued}
 }
 
 func toResults(outs []publish.Outcome) []*eventgwv1.EventResult {
@@ -133,7 +133,7 @@ func toResults(outs []publish.Outcome) []*eventgwv1.EventResult {
 			}}}
 			continue
 		}
-		backing[i] = eventgwv1.PublishResult{EventId: o.EventID, Topic: o.Topic, Partition: o.Partition, Offset: o.Offset}
+		backing[i] = eventgwv1.PublishResult{EventId: o.EventID, Topic: o.Topic, Partition: o.Partition, Offset: o.Offset, Queued: o.Queued}
 		holders[i].Result = &backing[i]
 		ers[i].Outcome = &holders[i]
 		res[i] = &ers[i]
@@ -160,6 +160,9 @@ func (s *EventService) PublishStream(stream eventgwv1.EventService_PublishStream
 		for f := range queue {
 			if err != nil {
 				f.cancel()
+				if f.pending != nil {
+					f.pending.Wait(f.ctx) // settles its breaker permit; the outcome goes nowhere
+				}
 				continue // drain: the stream is broken
 			}
 			resp := &eventgwv1.PublishStreamResponse{RequestId: f.id}

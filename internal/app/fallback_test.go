@@ -1,0 +1,214 @@
+package app_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/config"
+	"github.com/eventgw/eventgw/internal/testenv"
+)
+
+// kafkaOutage makes every produce request of the cluster fail (the broker drops the
+// connection) while down is set.
+func kafkaOutage(k *testenv.Kafka) *atomic.Bool {
+	var down atomic.Bool
+	k.Cluster.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		k.Cluster.KeepControl()
+		if down.Load() {
+			return nil, errors.New("injected outage"), true
+		}
+		return nil, nil, false
+	})
+	return &down
+}
+
+// seqEvent is event seq of a tenant's ordered sequence.
+func seqEvent(tenant string, seq int) *eventgwv1.Event {
+	return &eventgwv1.Event{
+		EventType: "patient.updated", TenantId: tenant,
+		Data: &eventgwv1.Event_PayloadJson{PayloadJson: fmt.Appendf(nil, `{"seq":%d}`, seq)},
+	}
+}
+
+// checkSeqOrder checks that the records hold each tenant's events once each (by event
+// id), in sequence order per tenant; it answers how many were read.
+func checkSeqOrder(t *testing.T, recs []*kgo.Record, want map[string]int) {
+	t.Helper()
+	ids := map[string]bool{}
+	last := map[string]int{}
+	for _, r := range recs {
+		var tenant, id string
+		for _, h := range r.Headers {
+			switch h.Key {
+			case "ce_tenantid":
+				tenant = string(h.Value)
+			case "ce_id":
+				id = string(h.Value)
+			}
+		}
+		if ids[id] {
+			t.Errorf("event %s is on Kafka twice", id)
+		}
+		ids[id] = true
+		var p struct{ Seq int }
+		if err := json.Unmarshal(r.Value, &p); err != nil {
+			t.Fatal(err)
+		}
+		prev, seen := last[tenant]
+		if seen && p.Seq != prev+1 {
+			t.Errorf("tenant %s: seq %d after %d (out of order or missing; partition %d offset %d)", tenant, p.Seq, prev, r.Partition, r.Offset)
+		}
+		if !seen && p.Seq != 0 {
+			t.Errorf("tenant %s: first seq on Kafka is %d, want 0", tenant, p.Seq)
+		}
+		last[tenant] = p.Seq
+	}
+	for tenant, n := range want {
+		if last[tenant] != n-1 {
+			t.Errorf("tenant %s: last seq on Kafka %d, want %d", tenant, last[tenant], n-1)
+		}
+	}
+}
+
+// TestPublishFallbackQueuesWhileKafkaDown: with Kafka failing, Publish, PublishBatch and
+// PublishStream answer success with queued set; the rows are in PostgreSQL; the Kafka
+// breaker opens; when Kafka is back the relay publishes the backlog and the sidecar
+// publishes directly again. On Kafka, every event is there once, in order per key.
+func TestPublishFallbackQueuesWhileKafkaDown(t *testing.T) {
+	s := startSidecar(t, func(c *config.Config) { c.BreakerTimeout = 500 * time.Millisecond })
+	tenants := []string{tenantA, "0b7c2a9e-8d1b-4a4e-9f0e-2b9c1d3e4f5b", "1c7c2a9e-8d1b-4a4e-9f0e-2b9c1d3e4f5c"}
+	next := map[string]int{}
+	publishOne := func(tenant string) *eventgwv1.PublishResult {
+		t.Helper()
+		resp, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: seqEvent(tenant, next[tenant])})
+		if err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		next[tenant]++
+		return resp.GetResult()
+	}
+	for _, tn := range tenants {
+		if r := publishOne(tn); r.GetQueued() || r.GetOffset() < 0 {
+			t.Fatalf("healthy Kafka: result %v, want published", r)
+		}
+	}
+
+	down := kafkaOutage(s.kafka)
+	down.Store(true)
+	queued := 0
+	for i := range 8 {
+		r := publishOne(tenants[i%len(tenants)])
+		if !r.GetQueued() || r.GetPartition() != -1 || r.GetTopic() != "healthtech.patient.events" {
+			t.Fatalf("Kafka down: result %v, want queued", r)
+		}
+		queued++
+	}
+	// A batch, and a stream of three requests, while queued.
+	batch := make([]*eventgwv1.Event, 0, 6)
+	for i := range 6 {
+		tn := tenants[i%len(tenants)]
+		batch = append(batch, seqEvent(tn, next[tn]))
+		next[tn]++
+	}
+	bresp, err := s.events.PublishBatch(callCtx(t), &eventgwv1.PublishBatchRequest{Events: batch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range bresp.GetResults() {
+		if !r.GetResult().GetQueued() {
+			t.Fatalf("batch event %d: %v, want queued", i, r)
+		}
+		queued++
+	}
+	st, err := s.events.PublishStream(callCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for req := range 3 {
+		evs := make([]*eventgwv1.Event, 0, 3)
+		for _, tn := range tenants {
+			evs = append(evs, seqEvent(tn, next[tn]))
+			next[tn]++
+		}
+		if err := st.Send(&eventgwv1.PublishStreamRequest{RequestId: uint64(req), Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		resp, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range resp.GetResults() {
+			if !r.GetResult().GetQueued() {
+				t.Fatalf("stream request %d: %v, want queued", resp.GetRequestId(), r)
+			}
+			queued++
+		}
+	}
+	_ = st.CloseSend()
+	if n := dbCount(t, s.dbURL, `SELECT count(*) FROM publish_queue`); n != int64(queued) {
+		t.Fatalf("publish_queue holds %d rows, want %d", n, queued)
+	}
+	// The relay keeps trying Kafka meanwhile: the Kafka breaker opens.
+	breaker := func() string {
+		return grepLines(httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics"), `circuit_breaker_state{dependency="kafka"`)
+	}
+	waitFor(t, 30*time.Second, "the Kafka breaker to open", func() bool { return strings.HasSuffix(breaker(), "} 1") })
+	metrics := httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics")
+	if !strings.Contains(metrics, fmt.Sprintf("event_publish_queued_total %d", queued)) {
+		t.Errorf("event_publish_queued_total is not %d:\n%s", queued, grepLines(metrics, "event_publish_queued"))
+	}
+
+	down.Store(false)
+	deadline := time.Now().Add(30 * time.Second)
+	for s.app.Fallback.Queued() || dbCount(t, s.dbURL, `SELECT count(*) FROM publish_queue`) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still queueing 30 s after Kafka came back (%d rows left)", dbCount(t, s.dbURL, `SELECT count(*) FROM publish_queue`))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, tn := range tenants {
+		if r := publishOne(tn); r.GetQueued() {
+			t.Fatalf("Kafka back and queue drained: result %v, want published directly", r)
+		}
+	}
+	want := map[string]int{}
+	for tn, n := range next {
+		want[tn] = n
+	}
+	recs := testenv.ConsumeAll(t, s.kafka.Brokers, "healthtech.patient.events")
+	total := 0
+	for _, n := range want {
+		total += n
+	}
+	if len(recs) != total {
+		t.Errorf("%d records on Kafka, want %d", len(recs), total)
+	}
+	checkSeqOrder(t, recs, want)
+	waitFor(t, 10*time.Second, "the Kafka breaker to close", func() bool { return strings.HasSuffix(breaker(), "} 0") })
+	metrics = httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics")
+	if !strings.Contains(metrics, fmt.Sprintf("publish_queue_published_total %d", queued)) {
+		t.Errorf("publish_queue_published_total is not %d:\n%s", queued, grepLines(metrics, "publish_queue"))
+	}
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
