@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -41,7 +42,6 @@ type App struct {
 
 	Stack    *devstack.Stack // nil without --dev
 	Pool     *pgxpool.Pool
-	Kafka    sarama.Client
 	Producer *kafka.Producer
 	Router   *kafka.Router
 	Schemas  *schema.Registry
@@ -54,6 +54,10 @@ type App struct {
 	Breakers *Breakers
 
 	snapshots *store.Snapshotter
+	kafkaMu   sync.Mutex
+	kafka     sarama.Client // nil until Kafka was reachable
+	kcfg      *sarama.Config
+	topics    *kafka.Topics
 
 	grpcSrv     *grpc.Server
 	health      *health.Server
@@ -139,13 +143,8 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		return nil, err
 	}
 
-	// Kafka.
-	kcfg := kafka.ProducerConfig("eventgw-"+cfg.ServiceName, kafka.MaxMessageBytes(cfg.MaxEventBytes))
-	a.Kafka, err = sarama.NewClient(a.brokers, kcfg)
-	if err != nil {
-		return nil, fmt.Errorf("kafka brokers %s are unreachable: %w", strings.Join(a.brokers, ","), err)
-	}
-	a.closer.push(a.Kafka.Close)
+	// Kafka. An unreachable cluster does not stop the sidecar: publishes are queued in
+	// PostgreSQL and Kafka is connected to in the background (see Run).
 	routes, _ := cfg.RouteMap()
 	retention, _ := cfg.RetentionMap()
 	a.Router = kafka.NewRouter(cfg.TopicPrefix, routes)
@@ -158,15 +157,16 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	for d, r := range retention {
 		settings.Retention[d] = r
 	}
-	topics, err := kafka.NewTopics(a.Kafka, settings, log)
-	if err != nil {
-		return nil, err
-	}
-	a.Producer, err = kafka.NewProducer(a.Kafka, log)
-	if err != nil {
-		return nil, err
-	}
+	a.kcfg = kafka.ProducerConfig("eventgw-"+cfg.ServiceName, kafka.MaxMessageBytes(cfg.MaxEventBytes))
+	topics := kafka.NewDetachedTopics(settings, log)
+	a.topics = topics
+	a.Producer = kafka.NewDetachedProducer(log)
+	a.closer.push(a.closeKafka)
 	a.closer.push(a.Producer.Close)
+	if err := a.connectKafka(); err != nil {
+		log.Warn("kafka is unreachable; starting anyway: publishes are queued in PostgreSQL until it is",
+			zap.Strings("brokers", a.brokers), zap.Error(err))
+	}
 
 	// Schema Registry.
 	a.Schemas = schema.NewRegistry(a.registry, a.Pool, log)
@@ -227,11 +227,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		EventStore: server.NewEventStoreService(a.Events, store.NewAppender(a.Events, cfg.AppendSlots), a.snapshots, pub, a.Relay, outbox.ToEvent,
 			cfg.MaxBatch, cfg.MaxEventBytes),
 	})
-	a.httpSrv = server.NewHTTP(a.Registry, []server.ReadyCheck{
-		{Name: "postgres", Check: a.Pool.Ping},
-		{Name: "kafka", Check: func(context.Context) error { _, err := a.Kafka.Controller(); return err }},
-		{Name: "schema-registry", Check: a.Schemas.Ping},
-	})
+	a.httpSrv = server.NewHTTP(a.Registry, a.readiness())
 
 	if a.grpcLis, err = listen(cfg.GRPCAddr); err != nil {
 		return nil, err
@@ -290,6 +286,7 @@ func (a *App) Run(ctx context.Context) error {
 	bg.Go(func() error { return a.snapshots.Run(bgCtx) })
 	bg.Go(func() error { return a.runSagas(bgCtx) })
 	bg.Go(func() error { return a.Fallback.Run(bgCtx) })
+	bg.Go(func() error { a.keepConnectingKafka(bgCtx); return nil })
 	server.SetServing(a.health, true)
 	a.logReady()
 	g.Go(func() error {

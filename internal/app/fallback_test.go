@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,6 +16,8 @@ import (
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/config"
+	"github.com/eventgw/eventgw/internal/devstack"
+	"github.com/eventgw/eventgw/internal/server"
 	"github.com/eventgw/eventgw/internal/testenv"
 )
 
@@ -210,5 +214,84 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 			t.Fatalf("timed out after %v waiting for %s", within, what)
 		}
 		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		_ = l.Close()
+	}
+	return ports
+}
+
+func readyz(t *testing.T, s *sidecar) (int, server.ReadyReport) {
+	t.Helper()
+	resp, err := http.Get("http://" + s.app.HTTPAddr() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var rep server.ReadyReport
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, rep
+}
+
+// TestStartsWithoutKafka: a sidecar whose Kafka is unreachable starts, says so in its
+// log and /readyz (200, degraded; /healthz stays 200), queues publishes, and once the
+// brokers appear connects by itself and publishes the backlog.
+func TestStartsWithoutKafka(t *testing.T) {
+	ports := freePorts(t, 3)
+	var brokers []string
+	for _, p := range ports {
+		brokers = append(brokers, fmt.Sprintf("127.0.0.1:%d", p))
+	}
+	cfg := defaultConfig(t)
+	cfg.KafkaBrokers = strings.Join(brokers, ",")
+	cfg.SchemaRegistryURL = testenv.NewRegistry(t).URL()
+	cfg.DatabaseURL = testenv.NewDatabase(t)
+	s := runSidecar(t, cfg)
+	if !strings.Contains(s.logs.String(), "kafka is unreachable; starting anyway") {
+		t.Error("the log does not say Kafka is unreachable")
+	}
+	code, rep := readyz(t, s)
+	if code != http.StatusOK || rep.Status != "degraded" || rep.Dependencies["kafka"].OK || !rep.Dependencies["postgres"].OK {
+		t.Fatalf("/readyz %d %+v, want 200 degraded with kafka down", code, rep)
+	}
+	if body := httpGet(t, "http://"+s.app.HTTPAddr()+"/healthz"); body != "ok\n" {
+		t.Fatalf("/healthz %q", body)
+	}
+	resp, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: seqEvent(tenantA, 0)})
+	if err != nil || !resp.GetResult().GetQueued() {
+		t.Fatalf("publish without Kafka: %v %v, want queued", resp, err)
+	}
+
+	cluster, err := devstack.StartKafka(ports...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	waitFor(t, 60*time.Second, "the queued publish to reach Kafka", func() bool {
+		return dbCount(t, s.dbURL, `SELECT count(*) FROM publish_queue`) == 0
+	})
+	if !strings.Contains(s.logs.String(), "connected to Kafka") {
+		t.Error("the log does not say Kafka was connected")
+	}
+	recs := testenv.ConsumeAll(t, brokers, "healthtech.patient.events")
+	checkSeqOrder(t, recs, map[string]int{tenantA: 1})
+	if _, rep := readyz(t, s); !rep.Dependencies["kafka"].OK {
+		t.Errorf("/readyz after Kafka appeared: %+v", rep)
 	}
 }

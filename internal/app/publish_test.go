@@ -623,7 +623,7 @@ func TestNoPayloadInLogs(t *testing.T) {
 	}
 }
 
-func TestHealthReflectionMetricsAndUnimplemented(t *testing.T) {
+func TestHealthReflectionAndMetrics(t *testing.T) {
 	s := startSidecar(t, nil)
 	ctx := callCtx(t)
 	hc, err := healthpb.NewHealthClient(s.conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "eventgw.v1.EventService"})
@@ -646,12 +646,13 @@ func TestHealthReflectionMetricsAndUnimplemented(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
-	if got := httpGet(t, "http://"+s.app.HTTPAddr()+"/readyz"); got != "ready\n" {
-		t.Errorf("/readyz: %q", got)
+	if code, rep := readyz(t, s); code != 200 || rep.Status != "ready" || len(rep.Dependencies) != 3 ||
+		!rep.Dependencies["kafka"].OK || rep.Dependencies["kafka"].Breaker != "closed" {
+		t.Errorf("/readyz: %d %+v", code, rep)
 	}
 	sagas := eventgwv1.NewSagaServiceClient(s.conn)
-	if _, err := sagas.GetSaga(ctx, &eventgwv1.GetSagaRequest{}); status.Code(err) != codes.Unimplemented {
-		t.Errorf("GetSaga: %v, want Unimplemented", err)
+	if _, err := sagas.GetSaga(ctx, &eventgwv1.GetSagaRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("GetSaga without a tenant: %v, want InvalidArgument", err)
 	}
 }
 
@@ -666,6 +667,9 @@ func TestUnixSocket(t *testing.T) {
 	}
 }
 
+// TestUnreachableDependenciesFailFast: without PostgreSQL the sidecar cannot keep
+// anything durable, so it does not start (an unreachable Kafka does not stop it: see
+// TestStartsWithoutKafka).
 func TestUnreachableDependenciesFailFast(t *testing.T) {
 	k := testenv.NewKafka(t)
 	reg := testenv.NewRegistry(t)
@@ -674,7 +678,6 @@ func TestUnreachableDependenciesFailFast(t *testing.T) {
 		mutate func(*config.Config)
 		want   string
 	}{
-		"kafka":    {func(c *config.Config) { c.KafkaBrokers = "127.0.0.1:1" }, "kafka brokers 127.0.0.1:1 are unreachable"},
 		"registry": {func(c *config.Config) { c.SchemaRegistryURL = "http://127.0.0.1:1" }, "schema registry unavailable"},
 		"postgres": {func(c *config.Config) { c.DatabaseURL = "postgres://u:secretpw@127.0.0.1:1/db" }, "postgres at postgres://u:xxxxx@127.0.0.1:1/db is unreachable"},
 	} {

@@ -1,15 +1,24 @@
 package app
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/cenkalti/backoff/v5"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/eventgw/eventgw/internal/config"
+	"github.com/eventgw/eventgw/internal/kafka"
 	"github.com/eventgw/eventgw/internal/publish"
 	"github.com/eventgw/eventgw/internal/resilience"
+	"github.com/eventgw/eventgw/internal/server"
 )
 
 // Breakers are the sidecar's circuit breakers, one per outbound dependency.
@@ -35,4 +44,87 @@ func instanceName(service string) string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return service + "/" + hex.EncodeToString(b[:])
+}
+
+// connectKafka connects to Kafka and gives the producer and the topic admin their
+// client. It fails while no broker answers.
+func (a *App) connectKafka() error {
+	a.kafkaMu.Lock()
+	defer a.kafkaMu.Unlock()
+	if a.kafka != nil {
+		return nil
+	}
+	client, err := sarama.NewClient(a.brokers, a.kcfg)
+	if err != nil {
+		return fmt.Errorf("kafka brokers %s are unreachable: %w", strings.Join(a.brokers, ","), err)
+	}
+	if err := a.topics.Attach(client); err != nil {
+		_ = client.Close()
+		return err
+	}
+	if err := a.Producer.Attach(client); err != nil {
+		_ = client.Close()
+		return err
+	}
+	a.kafka = client
+	return nil
+}
+
+// keepConnectingKafka retries connectKafka with backoff until it works or ctx ends.
+func (a *App) keepConnectingKafka(ctx context.Context) {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval = 500*time.Millisecond, 15*time.Second
+	for a.kafkaClient() == nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(bo.NextBackOff()):
+		}
+		if err := a.connectKafka(); err == nil {
+			a.log.Info("connected to Kafka", zap.Strings("brokers", a.brokers))
+		}
+	}
+}
+
+func (a *App) kafkaClient() sarama.Client {
+	a.kafkaMu.Lock()
+	defer a.kafkaMu.Unlock()
+	return a.kafka
+}
+
+func (a *App) closeKafka() error {
+	if c := a.kafkaClient(); c != nil {
+		return c.Close()
+	}
+	return nil
+}
+
+// readiness is what /readyz reports: each dependency with its breaker, and whether
+// publishes are being queued. The sidecar can take work ("degraded", HTTP 200) as long
+// as PostgreSQL or Kafka answers: with Kafka down publishes are queued in PostgreSQL;
+// with PostgreSQL down publishing to Kafka still works.
+func (a *App) readiness() server.Readiness {
+	state := func(b *resilience.Breaker) func() string { return func() string { return b.State().String() } }
+	return server.Readiness{
+		Checks: []server.ReadyCheck{
+			{Name: "postgres", Check: a.Pool.Ping},
+			{Name: "kafka", Breaker: state(a.Breakers.Kafka), Check: func(context.Context) error {
+				c := a.kafkaClient()
+				if c == nil {
+					return kafka.ErrNotConnected
+				}
+				_, err := c.Controller()
+				return err
+			}},
+			{Name: "schema-registry", Check: a.Schemas.Ping},
+		},
+		Ready: func(failed map[string]bool) bool { return !(failed["postgres"] && failed["kafka"]) },
+		Notes: func() map[string]any {
+			mode := "direct to Kafka"
+			if a.Fallback.Queued() {
+				mode = "queued in PostgreSQL until Kafka is back"
+			}
+			return map[string]any{"publish": mode}
+		},
+	}
 }

@@ -138,11 +138,31 @@ type Producer struct {
 
 // NewProducer starts a producer on client (which must use ProducerConfig).
 func NewProducer(client sarama.Client, log *zap.Logger) (*Producer, error) {
+	p := NewDetachedProducer(log)
+	if err := p.Attach(client); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// NewDetachedProducer builds a producer before Kafka is reachable: every message fails
+// with ErrNotConnected (an *UnavailableError) until Attach.
+func NewDetachedProducer(log *zap.Logger) *Producer { return &Producer{log: log} }
+
+// Attach starts producing through client (which must use ProducerConfig); the
+// idempotent producer needs a reachable cluster for its producer id.
+func (p *Producer) Attach(client sarama.Client) error {
 	ap, err := sarama.NewAsyncProducerFromClient(client)
 	if err != nil {
-		return nil, fmt.Errorf("kafka producer: %w", err)
+		return fmt.Errorf("kafka producer: %w", err)
 	}
-	p := &Producer{ap: ap, log: log}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		ap.AsyncClose()
+		return ErrClosed
+	}
+	p.ap = ap
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
@@ -157,7 +177,14 @@ func NewProducer(client sarama.Client, log *zap.Logger) (*Producer, error) {
 			pe.Msg.Metadata.(*slot).complete(Result{Partition: -1, Offset: -1, Err: &UnavailableError{Err: pe.Err}})
 		}
 	}()
-	return p, nil
+	return nil
+}
+
+// Attached reports whether the producer has reached Kafka.
+func (p *Producer) Attached() bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.ap != nil
 }
 
 // Send enqueues msgs[i] as message i of b. It returns early when ctx ends; the messages
@@ -169,6 +196,10 @@ func (p *Producer) Send(ctx context.Context, b *Batch, msgs []*sarama.ProducerMe
 		s := &b.slots[i]
 		if p.closed {
 			s.complete(Result{Partition: -1, Offset: -1, Err: ErrClosed})
+			continue
+		}
+		if p.ap == nil {
+			s.complete(Result{Partition: -1, Offset: -1, Err: &UnavailableError{Err: ErrNotConnected}})
 			continue
 		}
 		m.Metadata = s
@@ -201,8 +232,11 @@ func (p *Producer) Close() error {
 		return nil
 	}
 	p.closed = true
+	ap := p.ap
 	p.mu.Unlock()
-	p.ap.AsyncClose()
+	if ap != nil {
+		ap.AsyncClose()
+	}
 	p.wg.Wait()
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -16,8 +17,7 @@ import (
 
 // Topics creates topics on first use with the configured settings.
 type Topics struct {
-	client   sarama.Client
-	admin    sarama.ClusterAdmin
+	conn     atomic.Pointer[topicsConn] // nil until Kafka is reachable
 	settings TopicSettings
 	log      *zap.Logger
 
@@ -25,13 +25,37 @@ type Topics struct {
 	sf    singleflight.Group
 }
 
+type topicsConn struct {
+	client sarama.Client
+	admin  sarama.ClusterAdmin
+}
+
+// ErrNotConnected: Kafka has not been reachable since the sidecar started.
+var ErrNotConnected = errors.New("kafka is not connected yet")
+
 // NewTopics uses client for metadata and admin requests.
 func NewTopics(client sarama.Client, settings TopicSettings, log *zap.Logger) (*Topics, error) {
+	t := NewDetachedTopics(settings, log)
+	if err := t.Attach(client); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// NewDetachedTopics builds Topics before Kafka is reachable: Ensure fails with
+// ErrNotConnected until Attach.
+func NewDetachedTopics(settings TopicSettings, log *zap.Logger) *Topics {
+	return &Topics{settings: settings, log: log}
+}
+
+// Attach gives Topics its client (it needs the cluster's controller).
+func (t *Topics) Attach(client sarama.Client) error {
 	admin, err := sarama.NewClusterAdminFromClient(client)
 	if err != nil {
-		return nil, fmt.Errorf("kafka admin: %w", err)
+		return fmt.Errorf("kafka admin: %w", err)
 	}
-	return &Topics{client: client, admin: admin, settings: settings, log: log}, nil
+	t.conn.Store(&topicsConn{client: client, admin: admin})
+	return nil
 }
 
 // Ensure makes sure topic exists (creating it for domain's settings) and is known to
@@ -39,6 +63,9 @@ func NewTopics(client sarama.Client, settings TopicSettings, log *zap.Logger) (*
 func (t *Topics) Ensure(ctx context.Context, topic, domain string) error {
 	if _, ok := t.ready.Load(topic); ok {
 		return nil
+	}
+	if t.conn.Load() == nil {
+		return ErrNotConnected
 	}
 	ch := t.sf.DoChan(topic, func() (any, error) {
 		// Not the caller's context: a caller that gives up must not fail the others.
@@ -61,8 +88,10 @@ func (t *Topics) Ensure(ctx context.Context, topic, domain string) error {
 // Detail returns the settings a topic of domain is created with.
 func (t *Topics) Detail(domain string) *sarama.TopicDetail {
 	rf := t.settings.MaxReplication
-	if n := int16(len(t.client.Brokers())); n > 0 && n < rf {
-		rf = n
+	if c := t.conn.Load(); c != nil {
+		if n := int16(len(c.client.Brokers())); n > 0 && n < rf {
+			rf = n
+		}
 	}
 	minISR := t.settings.MinInsyncReplicas
 	if minISR > rf {
@@ -91,13 +120,14 @@ func (t *Topics) Detail(domain string) *sarama.TopicDetail {
 }
 
 func (t *Topics) create(ctx context.Context, topic, domain string) error {
-	if err := t.client.RefreshMetadata(topic); err == nil {
-		if parts, err := t.client.Partitions(topic); err == nil && len(parts) > 0 {
+	c := t.conn.Load()
+	if err := c.client.RefreshMetadata(topic); err == nil {
+		if parts, err := c.client.Partitions(topic); err == nil && len(parts) > 0 {
 			return nil
 		}
 	}
 	detail := t.Detail(domain)
-	err := t.admin.CreateTopic(topic, detail, false)
+	err := c.admin.CreateTopic(topic, detail, false)
 	var terr *sarama.TopicError
 	switch {
 	case err == nil:
@@ -110,8 +140,8 @@ func (t *Topics) create(ctx context.Context, topic, domain string) error {
 	}
 	// Wait until the producer's metadata has the topic's partitions.
 	for {
-		if err := t.client.RefreshMetadata(topic); err == nil {
-			if parts, err := t.client.Partitions(topic); err == nil && len(parts) > 0 {
+		if err := c.client.RefreshMetadata(topic); err == nil {
+			if parts, err := c.client.Partitions(topic); err == nil && len(parts) > 0 {
 				return nil
 			}
 		}
