@@ -23,21 +23,315 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SagaState is where a saga is.
+type SagaState int32
+
+const (
+	SagaState_SAGA_STATE_UNSPECIFIED SagaState = 0
+	// Steps are running, in order.
+	SagaState_SAGA_STATE_RUNNING SagaState = 1
+	// Every step completed.
+	SagaState_SAGA_STATE_COMPLETED SagaState = 2
+	// A step failed (or the saga was cancelled): compensations run in reverse order.
+	SagaState_SAGA_STATE_COMPENSATING SagaState = 3
+	// A failed saga was compensated.
+	SagaState_SAGA_STATE_COMPENSATED SagaState = 4
+	// A step failed without compensation, or a compensation failed after its retries:
+	// an operator must look (error_type, error_message, failed_step).
+	SagaState_SAGA_STATE_FAILED SagaState = 5
+	// A cancelled saga was compensated.
+	SagaState_SAGA_STATE_CANCELLED SagaState = 6
+)
+
+// Enum value maps for SagaState.
+var (
+	SagaState_name = map[int32]string{
+		0: "SAGA_STATE_UNSPECIFIED",
+		1: "SAGA_STATE_RUNNING",
+		2: "SAGA_STATE_COMPLETED",
+		3: "SAGA_STATE_COMPENSATING",
+		4: "SAGA_STATE_COMPENSATED",
+		5: "SAGA_STATE_FAILED",
+		6: "SAGA_STATE_CANCELLED",
+	}
+	SagaState_value = map[string]int32{
+		"SAGA_STATE_UNSPECIFIED":  0,
+		"SAGA_STATE_RUNNING":      1,
+		"SAGA_STATE_COMPLETED":    2,
+		"SAGA_STATE_COMPENSATING": 3,
+		"SAGA_STATE_COMPENSATED":  4,
+		"SAGA_STATE_FAILED":       5,
+		"SAGA_STATE_CANCELLED":    6,
+	}
+)
+
+func (x SagaState) Enum() *SagaState {
+	p := new(SagaState)
+	*p = x
+	return p
+}
+
+func (x SagaState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SagaState) Descriptor() protoreflect.EnumDescriptor {
+	return file_eventgw_v1_saga_proto_enumTypes[0].Descriptor()
+}
+
+func (SagaState) Type() protoreflect.EnumType {
+	return &file_eventgw_v1_saga_proto_enumTypes[0]
+}
+
+func (x SagaState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SagaState.Descriptor instead.
+func (SagaState) EnumDescriptor() ([]byte, []int) {
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{0}
+}
+
+// StepStatus is where a step is.
+type StepStatus int32
+
+const (
+	StepStatus_STEP_STATUS_UNSPECIFIED StepStatus = 0
+	// Not reached yet.
+	StepStatus_STEP_STATUS_PENDING StepStatus = 1
+	// Its action is waiting for a worker, waiting for a retry, or running at a worker
+	// (worker_id and deadline set).
+	StepStatus_STEP_STATUS_RUNNING   StepStatus = 2
+	StepStatus_STEP_STATUS_COMPLETED StepStatus = 3
+	// Its action failed after its retries, timed out on its last attempt, or was
+	// running when the saga was cancelled and did not complete.
+	StepStatus_STEP_STATUS_FAILED StepStatus = 4
+	// Its compensation is waiting for a worker, a retry, or running.
+	StepStatus_STEP_STATUS_COMPENSATING StepStatus = 5
+	StepStatus_STEP_STATUS_COMPENSATED  StepStatus = 6
+	// Its compensation failed after its retries.
+	StepStatus_STEP_STATUS_COMPENSATION_FAILED StepStatus = 7
+	// The saga was cancelled before the step's action ran.
+	StepStatus_STEP_STATUS_SKIPPED StepStatus = 8
+)
+
+// Enum value maps for StepStatus.
+var (
+	StepStatus_name = map[int32]string{
+		0: "STEP_STATUS_UNSPECIFIED",
+		1: "STEP_STATUS_PENDING",
+		2: "STEP_STATUS_RUNNING",
+		3: "STEP_STATUS_COMPLETED",
+		4: "STEP_STATUS_FAILED",
+		5: "STEP_STATUS_COMPENSATING",
+		6: "STEP_STATUS_COMPENSATED",
+		7: "STEP_STATUS_COMPENSATION_FAILED",
+		8: "STEP_STATUS_SKIPPED",
+	}
+	StepStatus_value = map[string]int32{
+		"STEP_STATUS_UNSPECIFIED":         0,
+		"STEP_STATUS_PENDING":             1,
+		"STEP_STATUS_RUNNING":             2,
+		"STEP_STATUS_COMPLETED":           3,
+		"STEP_STATUS_FAILED":              4,
+		"STEP_STATUS_COMPENSATING":        5,
+		"STEP_STATUS_COMPENSATED":         6,
+		"STEP_STATUS_COMPENSATION_FAILED": 7,
+		"STEP_STATUS_SKIPPED":             8,
+	}
+)
+
+func (x StepStatus) Enum() *StepStatus {
+	p := new(StepStatus)
+	*p = x
+	return p
+}
+
+func (x StepStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StepStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_eventgw_v1_saga_proto_enumTypes[1].Descriptor()
+}
+
+func (StepStatus) Type() protoreflect.EnumType {
+	return &file_eventgw_v1_saga_proto_enumTypes[1]
+}
+
+func (x StepStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StepStatus.Descriptor instead.
+func (StepStatus) EnumDescriptor() ([]byte, []int) {
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{1}
+}
+
+// TaskKind says whether a task runs a step's action or its compensation.
+type TaskKind int32
+
+const (
+	TaskKind_TASK_KIND_UNSPECIFIED  TaskKind = 0
+	TaskKind_TASK_KIND_ACTION       TaskKind = 1
+	TaskKind_TASK_KIND_COMPENSATION TaskKind = 2
+)
+
+// Enum value maps for TaskKind.
+var (
+	TaskKind_name = map[int32]string{
+		0: "TASK_KIND_UNSPECIFIED",
+		1: "TASK_KIND_ACTION",
+		2: "TASK_KIND_COMPENSATION",
+	}
+	TaskKind_value = map[string]int32{
+		"TASK_KIND_UNSPECIFIED":  0,
+		"TASK_KIND_ACTION":       1,
+		"TASK_KIND_COMPENSATION": 2,
+	}
+)
+
+func (x TaskKind) Enum() *TaskKind {
+	p := new(TaskKind)
+	*p = x
+	return p
+}
+
+func (x TaskKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TaskKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_eventgw_v1_saga_proto_enumTypes[2].Descriptor()
+}
+
+func (TaskKind) Type() protoreflect.EnumType {
+	return &file_eventgw_v1_saga_proto_enumTypes[2]
+}
+
+func (x TaskKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TaskKind.Descriptor instead.
+func (TaskKind) EnumDescriptor() ([]byte, []int) {
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{2}
+}
+
+// RetryPolicy says how often a step's action (and, separately, its compensation) is
+// attempted, and how long to wait between attempts: the n-th retry waits
+// min(initial_backoff_ms * backoff_multiplier^(n-1), max_backoff_ms), spread by jitter.
+// A timed-out attempt counts as a failed one.
+type RetryPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Attempts in all, the first included (default 3, 1-100; 1: no retry).
+	MaxAttempts int32 `protobuf:"varint,1,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// Wait before the first retry, in milliseconds (default 1000, at most 3600000).
+	InitialBackoffMs int32 `protobuf:"varint,2,opt,name=initial_backoff_ms,json=initialBackoffMs,proto3" json:"initial_backoff_ms,omitempty"`
+	// Growth of the wait per retry (default 2.0, 1.0-10.0).
+	BackoffMultiplier float64 `protobuf:"fixed64,3,opt,name=backoff_multiplier,json=backoffMultiplier,proto3" json:"backoff_multiplier,omitempty"`
+	// Longest wait, in milliseconds (default 60000, at least initial_backoff_ms, at most
+	// 3600000).
+	MaxBackoffMs int32 `protobuf:"varint,4,opt,name=max_backoff_ms,json=maxBackoffMs,proto3" json:"max_backoff_ms,omitempty"`
+	// Each wait is drawn uniformly from [wait * (1 - jitter), wait * (1 + jitter)]
+	// (default 0.2, 0-1; 0: no jitter).
+	Jitter        *float64 `protobuf:"fixed64,5,opt,name=jitter,proto3,oneof" json:"jitter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryPolicy) Reset() {
+	*x = RetryPolicy{}
+	mi := &file_eventgw_v1_saga_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryPolicy) ProtoMessage() {}
+
+func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_eventgw_v1_saga_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
+func (*RetryPolicy) Descriptor() ([]byte, []int) {
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RetryPolicy) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetInitialBackoffMs() int32 {
+	if x != nil {
+		return x.InitialBackoffMs
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetBackoffMultiplier() float64 {
+	if x != nil {
+		return x.BackoffMultiplier
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetMaxBackoffMs() int32 {
+	if x != nil {
+		return x.MaxBackoffMs
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetJitter() float64 {
+	if x != nil && x.Jitter != nil {
+		return *x.Jitter
+	}
+	return 0
+}
+
+// WorkflowStep is one step of a workflow.
 type WorkflowStep struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	StepId             string                 `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
-	Name               string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Action             string                 `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
-	CompensationAction string                 `protobuf:"bytes,4,opt,name=compensation_action,json=compensationAction,proto3" json:"compensation_action,omitempty"`
-	TimeoutSeconds     int32                  `protobuf:"varint,5,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
-	MaxRetries         int32                  `protobuf:"varint,6,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique within the workflow: letters, digits, '.', '_', '-' (at most 100).
+	StepId string `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
+	// Human-readable name (at most 255 bytes).
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The action a worker runs (same characters as step_id). Required.
+	Action string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	// The action that undoes this step (optional): it gets the step's output.
+	CompensationAction string `protobuf:"bytes,4,opt,name=compensation_action,json=compensationAction,proto3" json:"compensation_action,omitempty"`
+	// Longest an attempt (or a compensation attempt) may run once a worker has it
+	// (default 60, at most 86400). An attempt not answered in time times out: the task
+	// is taken back and an answer to it is refused.
+	TimeoutSeconds int32 `protobuf:"varint,5,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
+	// Retries of the action and of the compensation (defaults as RetryPolicy says).
+	Retry *RetryPolicy `protobuf:"bytes,7,opt,name=retry,proto3" json:"retry,omitempty"`
+	// Fixed parameters of the step: the action's task input is the saga context with
+	// these keys laid over it.
+	Input         *structpb.Struct `protobuf:"bytes,8,opt,name=input,proto3" json:"input,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WorkflowStep) Reset() {
 	*x = WorkflowStep{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[0]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +343,7 @@ func (x *WorkflowStep) String() string {
 func (*WorkflowStep) ProtoMessage() {}
 
 func (x *WorkflowStep) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[0]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +356,7 @@ func (x *WorkflowStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkflowStep.ProtoReflect.Descriptor instead.
 func (*WorkflowStep) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{0}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *WorkflowStep) GetStepId() string {
@@ -100,27 +394,41 @@ func (x *WorkflowStep) GetTimeoutSeconds() int32 {
 	return 0
 }
 
-func (x *WorkflowStep) GetMaxRetries() int32 {
+func (x *WorkflowStep) GetRetry() *RetryPolicy {
 	if x != nil {
-		return x.MaxRetries
+		return x.Retry
 	}
-	return 0
+	return nil
 }
 
+func (x *WorkflowStep) GetInput() *structpb.Struct {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
+// WorkflowDefinition is the guide's WorkflowDefinition.
 type WorkflowDefinition struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	WorkflowId         string                 `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
-	Name               string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Description        string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
-	Steps              []*WorkflowStep        `protobuf:"bytes,4,rep,name=steps,proto3" json:"steps,omitempty"`
-	EnableCompensation bool                   `protobuf:"varint,5,opt,name=enable_compensation,json=enableCompensation,proto3" json:"enable_compensation,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Letters, digits, '.', '_', '-' (at most 100). Required.
+	WorkflowId string `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	// At most 255 bytes.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// At most 4096 bytes.
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// 1 to 100 steps, run in this order.
+	Steps []*WorkflowStep `protobuf:"bytes,4,rep,name=steps,proto3" json:"steps,omitempty"`
+	// Compensate a failed or cancelled saga (the saga pattern). Without it a failed
+	// saga ends FAILED and a cancelled one CANCELLED, with nothing undone.
+	EnableCompensation bool `protobuf:"varint,5,opt,name=enable_compensation,json=enableCompensation,proto3" json:"enable_compensation,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
 
 func (x *WorkflowDefinition) Reset() {
 	*x = WorkflowDefinition{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[1]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -132,7 +440,7 @@ func (x *WorkflowDefinition) String() string {
 func (*WorkflowDefinition) ProtoMessage() {}
 
 func (x *WorkflowDefinition) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[1]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -145,7 +453,7 @@ func (x *WorkflowDefinition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkflowDefinition.ProtoReflect.Descriptor instead.
 func (*WorkflowDefinition) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{1}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *WorkflowDefinition) GetWorkflowId() string {
@@ -183,25 +491,364 @@ func (x *WorkflowDefinition) GetEnableCompensation() bool {
 	return false
 }
 
+// SagaStep is one step of a saga, as GetSaga reports it.
+type SagaStep struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	StepId             string                 `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
+	Name               string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Action             string                 `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	CompensationAction string                 `protobuf:"bytes,4,opt,name=compensation_action,json=compensationAction,proto3" json:"compensation_action,omitempty"`
+	Status             StepStatus             `protobuf:"varint,5,opt,name=status,proto3,enum=eventgw.v1.StepStatus" json:"status,omitempty"`
+	// Attempts of the action so far.
+	Attempts int32 `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// Attempts of the compensation so far.
+	CompensationAttempts int32 `protobuf:"varint,7,opt,name=compensation_attempts,json=compensationAttempts,proto3" json:"compensation_attempts,omitempty"`
+	// When the action was first scheduled, first taken by a worker, and finished
+	// (completed or failed for good).
+	ScheduledAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=scheduled_at,json=scheduledAt,proto3" json:"scheduled_at,omitempty"`
+	StartedAt   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	FinishedAt  *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// When the compensation was scheduled and when it finished.
+	CompensationScheduledAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=compensation_scheduled_at,json=compensationScheduledAt,proto3" json:"compensation_scheduled_at,omitempty"`
+	CompensatedAt           *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=compensated_at,json=compensatedAt,proto3" json:"compensated_at,omitempty"`
+	// The action's output (completed steps).
+	Output *structpb.Struct `protobuf:"bytes,13,opt,name=output,proto3" json:"output,omitempty"`
+	// The last error reported for the action or the compensation ("timeout" when an
+	// attempt timed out).
+	ErrorType    string `protobuf:"bytes,14,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
+	ErrorMessage string `protobuf:"bytes,15,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// While a worker holds the step's task: which worker, and until when.
+	WorkerId string                 `protobuf:"bytes,16,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Deadline *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// While the task waits for a retry: when it may be taken again.
+	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SagaStep) Reset() {
+	*x = SagaStep{}
+	mi := &file_eventgw_v1_saga_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SagaStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SagaStep) ProtoMessage() {}
+
+func (x *SagaStep) ProtoReflect() protoreflect.Message {
+	mi := &file_eventgw_v1_saga_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SagaStep.ProtoReflect.Descriptor instead.
+func (*SagaStep) Descriptor() ([]byte, []int) {
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SagaStep) GetStepId() string {
+	if x != nil {
+		return x.StepId
+	}
+	return ""
+}
+
+func (x *SagaStep) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SagaStep) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *SagaStep) GetCompensationAction() string {
+	if x != nil {
+		return x.CompensationAction
+	}
+	return ""
+}
+
+func (x *SagaStep) GetStatus() StepStatus {
+	if x != nil {
+		return x.Status
+	}
+	return StepStatus_STEP_STATUS_UNSPECIFIED
+}
+
+func (x *SagaStep) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *SagaStep) GetCompensationAttempts() int32 {
+	if x != nil {
+		return x.CompensationAttempts
+	}
+	return 0
+}
+
+func (x *SagaStep) GetScheduledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ScheduledAt
+	}
+	return nil
+}
+
+func (x *SagaStep) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *SagaStep) GetFinishedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *SagaStep) GetCompensationScheduledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompensationScheduledAt
+	}
+	return nil
+}
+
+func (x *SagaStep) GetCompensatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompensatedAt
+	}
+	return nil
+}
+
+func (x *SagaStep) GetOutput() *structpb.Struct {
+	if x != nil {
+		return x.Output
+	}
+	return nil
+}
+
+func (x *SagaStep) GetErrorType() string {
+	if x != nil {
+		return x.ErrorType
+	}
+	return ""
+}
+
+func (x *SagaStep) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
+func (x *SagaStep) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *SagaStep) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *SagaStep) GetNextAttemptAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptAt
+	}
+	return nil
+}
+
+// SagaHistoryEntry is one saga event (as published to <prefix>.saga.events).
+type SagaHistoryEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1, 2, ...: the saga's event sequence (ce_aggregateversion on Kafka).
+	Sequence int64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// saga.started, saga.step_completed, saga.step_failed, saga.compensating,
+	// saga.step_compensated, saga.completed, saga.compensated, saga.failed,
+	// saga.cancelled.
+	EventType string                 `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// The step concerned, if any.
+	StepId       string   `protobuf:"bytes,4,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
+	Kind         TaskKind `protobuf:"varint,5,opt,name=kind,proto3,enum=eventgw.v1.TaskKind" json:"kind,omitempty"`
+	Attempt      int32    `protobuf:"varint,6,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	ErrorType    string   `protobuf:"bytes,7,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
+	ErrorMessage string   `protobuf:"bytes,8,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// For saga.step_failed: whether the step is tried again.
+	WillRetry bool `protobuf:"varint,9,opt,name=will_retry,json=willRetry,proto3" json:"will_retry,omitempty"`
+	// The saga's state after the event.
+	State         SagaState `protobuf:"varint,10,opt,name=state,proto3,enum=eventgw.v1.SagaState" json:"state,omitempty"`
+	EventId       string    `protobuf:"bytes,11,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SagaHistoryEntry) Reset() {
+	*x = SagaHistoryEntry{}
+	mi := &file_eventgw_v1_saga_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SagaHistoryEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SagaHistoryEntry) ProtoMessage() {}
+
+func (x *SagaHistoryEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_eventgw_v1_saga_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SagaHistoryEntry.ProtoReflect.Descriptor instead.
+func (*SagaHistoryEntry) Descriptor() ([]byte, []int) {
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SagaHistoryEntry) GetSequence() int64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *SagaHistoryEntry) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *SagaHistoryEntry) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *SagaHistoryEntry) GetStepId() string {
+	if x != nil {
+		return x.StepId
+	}
+	return ""
+}
+
+func (x *SagaHistoryEntry) GetKind() TaskKind {
+	if x != nil {
+		return x.Kind
+	}
+	return TaskKind_TASK_KIND_UNSPECIFIED
+}
+
+func (x *SagaHistoryEntry) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *SagaHistoryEntry) GetErrorType() string {
+	if x != nil {
+		return x.ErrorType
+	}
+	return ""
+}
+
+func (x *SagaHistoryEntry) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
+func (x *SagaHistoryEntry) GetWillRetry() bool {
+	if x != nil {
+		return x.WillRetry
+	}
+	return false
+}
+
+func (x *SagaHistoryEntry) GetState() SagaState {
+	if x != nil {
+		return x.State
+	}
+	return SagaState_SAGA_STATE_UNSPECIFIED
+}
+
+func (x *SagaHistoryEntry) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
 type Saga struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	SagaId     string                 `protobuf:"bytes,1,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
 	WorkflowId string                 `protobuf:"bytes,2,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
 	TenantId   string                 `protobuf:"bytes,3,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	// PENDING, RUNNING, COMPLETED, COMPENSATING, COMPENSATED, FAILED, CANCELLED.
-	State         string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
-	CurrentStep   string                 `protobuf:"bytes,5,opt,name=current_step,json=currentStep,proto3" json:"current_step,omitempty"`
-	Context       *structpb.Struct       `protobuf:"bytes,6,opt,name=context,proto3" json:"context,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	ErrorMessage  string                 `protobuf:"bytes,9,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// The step running or being compensated (empty once the saga has ended).
+	CurrentStep string `protobuf:"bytes,5,opt,name=current_step,json=currentStep,proto3" json:"current_step,omitempty"`
+	// The context: the one StartSaga was given with each completed step's output laid
+	// over it, in step order.
+	Context   *structpb.Struct       `protobuf:"bytes,6,opt,name=context,proto3" json:"context,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// Why the saga compensated, failed or was cancelled.
+	ErrorMessage    string    `protobuf:"bytes,9,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	WorkflowVersion int32     `protobuf:"varint,10,opt,name=workflow_version,json=workflowVersion,proto3" json:"workflow_version,omitempty"`
+	SagaState       SagaState `protobuf:"varint,11,opt,name=saga_state,json=sagaState,proto3,enum=eventgw.v1.SagaState" json:"saga_state,omitempty"`
+	ErrorType       string    `protobuf:"bytes,12,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
+	// The step whose failure (or whose compensation's failure) ended or compensated the
+	// saga.
+	FailedStep string `protobuf:"bytes,13,opt,name=failed_step,json=failedStep,proto3" json:"failed_step,omitempty"`
+	// CancelSaga was called.
+	CancelRequested bool                   `protobuf:"varint,14,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
+	EndedAt         *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	IdempotencyKey  string                 `protobuf:"bytes,16,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// GetSaga only: every step of the workflow, in order.
+	Steps []*SagaStep `protobuf:"bytes,17,rep,name=steps,proto3" json:"steps,omitempty"`
+	// GetSaga only: the saga's events, oldest first.
+	History       []*SagaHistoryEntry `protobuf:"bytes,18,rep,name=history,proto3" json:"history,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Saga) Reset() {
 	*x = Saga{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[2]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -213,7 +860,7 @@ func (x *Saga) String() string {
 func (*Saga) ProtoMessage() {}
 
 func (x *Saga) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[2]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -226,7 +873,7 @@ func (x *Saga) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Saga.ProtoReflect.Descriptor instead.
 func (*Saga) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{2}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Saga) GetSagaId() string {
@@ -246,13 +893,6 @@ func (x *Saga) GetWorkflowId() string {
 func (x *Saga) GetTenantId() string {
 	if x != nil {
 		return x.TenantId
-	}
-	return ""
-}
-
-func (x *Saga) GetState() string {
-	if x != nil {
-		return x.State
 	}
 	return ""
 }
@@ -292,6 +932,69 @@ func (x *Saga) GetErrorMessage() string {
 	return ""
 }
 
+func (x *Saga) GetWorkflowVersion() int32 {
+	if x != nil {
+		return x.WorkflowVersion
+	}
+	return 0
+}
+
+func (x *Saga) GetSagaState() SagaState {
+	if x != nil {
+		return x.SagaState
+	}
+	return SagaState_SAGA_STATE_UNSPECIFIED
+}
+
+func (x *Saga) GetErrorType() string {
+	if x != nil {
+		return x.ErrorType
+	}
+	return ""
+}
+
+func (x *Saga) GetFailedStep() string {
+	if x != nil {
+		return x.FailedStep
+	}
+	return ""
+}
+
+func (x *Saga) GetCancelRequested() bool {
+	if x != nil {
+		return x.CancelRequested
+	}
+	return false
+}
+
+func (x *Saga) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
+func (x *Saga) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *Saga) GetSteps() []*SagaStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *Saga) GetHistory() []*SagaHistoryEntry {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
 type RegisterWorkflowRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Workflow      *WorkflowDefinition    `protobuf:"bytes,1,opt,name=workflow,proto3" json:"workflow,omitempty"`
@@ -301,7 +1004,7 @@ type RegisterWorkflowRequest struct {
 
 func (x *RegisterWorkflowRequest) Reset() {
 	*x = RegisterWorkflowRequest{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[3]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -313,7 +1016,7 @@ func (x *RegisterWorkflowRequest) String() string {
 func (*RegisterWorkflowRequest) ProtoMessage() {}
 
 func (x *RegisterWorkflowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[3]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -326,7 +1029,7 @@ func (x *RegisterWorkflowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorkflowRequest.ProtoReflect.Descriptor instead.
 func (*RegisterWorkflowRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{3}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RegisterWorkflowRequest) GetWorkflow() *WorkflowDefinition {
@@ -337,15 +1040,18 @@ func (x *RegisterWorkflowRequest) GetWorkflow() *WorkflowDefinition {
 }
 
 type RegisterWorkflowResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       int32                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The version new sagas of the workflow get (1, 2, ...).
+	Version int32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// False when the definition is identical to the latest version: nothing changed.
+	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterWorkflowResponse) Reset() {
 	*x = RegisterWorkflowResponse{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[4]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +1063,7 @@ func (x *RegisterWorkflowResponse) String() string {
 func (*RegisterWorkflowResponse) ProtoMessage() {}
 
 func (x *RegisterWorkflowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[4]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +1076,7 @@ func (x *RegisterWorkflowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterWorkflowResponse.ProtoReflect.Descriptor instead.
 func (*RegisterWorkflowResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{4}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RegisterWorkflowResponse) GetVersion() int32 {
@@ -380,19 +1086,35 @@ func (x *RegisterWorkflowResponse) GetVersion() int32 {
 	return 0
 }
 
+func (x *RegisterWorkflowResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
 type StartSagaRequest struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	WorkflowId     string                 `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
-	TenantId       string                 `protobuf:"bytes,2,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	Context        *structpb.Struct       `protobuf:"bytes,3,opt,name=context,proto3" json:"context,omitempty"`
-	IdempotencyKey string                 `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	WorkflowId string                 `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	// Required.
+	TenantId string `protobuf:"bytes,2,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// The saga context (a JSON object, at most 256 KiB), as a Struct or as JSON bytes.
+	//
+	// Types that are valid to be assigned to InitialContext:
+	//
+	//	*StartSagaRequest_Context
+	//	*StartSagaRequest_ContextJson
+	InitialContext isStartSagaRequest_InitialContext `protobuf_oneof:"initial_context"`
+	// Optional (at most 255 bytes): a second StartSaga of the tenant with the same key
+	// answers the first saga and starts nothing.
+	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StartSagaRequest) Reset() {
 	*x = StartSagaRequest{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[5]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +1126,7 @@ func (x *StartSagaRequest) String() string {
 func (*StartSagaRequest) ProtoMessage() {}
 
 func (x *StartSagaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[5]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +1139,7 @@ func (x *StartSagaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartSagaRequest.ProtoReflect.Descriptor instead.
 func (*StartSagaRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{5}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StartSagaRequest) GetWorkflowId() string {
@@ -434,9 +1156,27 @@ func (x *StartSagaRequest) GetTenantId() string {
 	return ""
 }
 
+func (x *StartSagaRequest) GetInitialContext() isStartSagaRequest_InitialContext {
+	if x != nil {
+		return x.InitialContext
+	}
+	return nil
+}
+
 func (x *StartSagaRequest) GetContext() *structpb.Struct {
 	if x != nil {
-		return x.Context
+		if x, ok := x.InitialContext.(*StartSagaRequest_Context); ok {
+			return x.Context
+		}
+	}
+	return nil
+}
+
+func (x *StartSagaRequest) GetContextJson() []byte {
+	if x != nil {
+		if x, ok := x.InitialContext.(*StartSagaRequest_ContextJson); ok {
+			return x.ContextJson
+		}
 	}
 	return nil
 }
@@ -448,16 +1188,34 @@ func (x *StartSagaRequest) GetIdempotencyKey() string {
 	return ""
 }
 
+type isStartSagaRequest_InitialContext interface {
+	isStartSagaRequest_InitialContext()
+}
+
+type StartSagaRequest_Context struct {
+	Context *structpb.Struct `protobuf:"bytes,3,opt,name=context,proto3,oneof"`
+}
+
+type StartSagaRequest_ContextJson struct {
+	ContextJson []byte `protobuf:"bytes,5,opt,name=context_json,json=contextJson,proto3,oneof"`
+}
+
+func (*StartSagaRequest_Context) isStartSagaRequest_InitialContext() {}
+
+func (*StartSagaRequest_ContextJson) isStartSagaRequest_InitialContext() {}
+
 type StartSagaResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Saga          *Saga                  `protobuf:"bytes,1,opt,name=saga,proto3" json:"saga,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Saga  *Saga                  `protobuf:"bytes,1,opt,name=saga,proto3" json:"saga,omitempty"`
+	// False when idempotency_key named a saga that already existed.
+	Created       bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartSagaResponse) Reset() {
 	*x = StartSagaResponse{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[6]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +1227,7 @@ func (x *StartSagaResponse) String() string {
 func (*StartSagaResponse) ProtoMessage() {}
 
 func (x *StartSagaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[6]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +1240,7 @@ func (x *StartSagaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartSagaResponse.ProtoReflect.Descriptor instead.
 func (*StartSagaResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{6}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StartSagaResponse) GetSaga() *Saga {
@@ -490,6 +1248,13 @@ func (x *StartSagaResponse) GetSaga() *Saga {
 		return x.Saga
 	}
 	return nil
+}
+
+func (x *StartSagaResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
 }
 
 type GetSagaRequest struct {
@@ -502,7 +1267,7 @@ type GetSagaRequest struct {
 
 func (x *GetSagaRequest) Reset() {
 	*x = GetSagaRequest{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[7]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +1279,7 @@ func (x *GetSagaRequest) String() string {
 func (*GetSagaRequest) ProtoMessage() {}
 
 func (x *GetSagaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[7]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +1292,7 @@ func (x *GetSagaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaRequest.ProtoReflect.Descriptor instead.
 func (*GetSagaRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{7}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetSagaRequest) GetTenantId() string {
@@ -553,7 +1318,7 @@ type GetSagaResponse struct {
 
 func (x *GetSagaResponse) Reset() {
 	*x = GetSagaResponse{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[8]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +1330,7 @@ func (x *GetSagaResponse) String() string {
 func (*GetSagaResponse) ProtoMessage() {}
 
 func (x *GetSagaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[8]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +1343,7 @@ func (x *GetSagaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaResponse.ProtoReflect.Descriptor instead.
 func (*GetSagaResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{8}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetSagaResponse) GetSaga() *Saga {
@@ -589,19 +1354,24 @@ func (x *GetSagaResponse) GetSaga() *Saga {
 }
 
 type ListSagasRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TenantId      string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	WorkflowId    string                 `protobuf:"bytes,2,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
-	State         string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
-	PageSize      int32                  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// Filters; empty matches all.
+	WorkflowId string      `protobuf:"bytes,2,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	PageSize   int32       `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken  string      `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	States     []SagaState `protobuf:"varint,6,rep,packed,name=states,proto3,enum=eventgw.v1.SagaState" json:"states,omitempty"`
+	// Sagas created at or after created_after and before created_before.
+	CreatedAfter  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_after,json=createdAfter,proto3" json:"created_after,omitempty"`
+	CreatedBefore *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=created_before,json=createdBefore,proto3" json:"created_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListSagasRequest) Reset() {
 	*x = ListSagasRequest{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[9]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +1383,7 @@ func (x *ListSagasRequest) String() string {
 func (*ListSagasRequest) ProtoMessage() {}
 
 func (x *ListSagasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[9]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +1396,7 @@ func (x *ListSagasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSagasRequest.ProtoReflect.Descriptor instead.
 func (*ListSagasRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{9}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListSagasRequest) GetTenantId() string {
@@ -639,13 +1409,6 @@ func (x *ListSagasRequest) GetTenantId() string {
 func (x *ListSagasRequest) GetWorkflowId() string {
 	if x != nil {
 		return x.WorkflowId
-	}
-	return ""
-}
-
-func (x *ListSagasRequest) GetState() string {
-	if x != nil {
-		return x.State
 	}
 	return ""
 }
@@ -664,17 +1427,40 @@ func (x *ListSagasRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListSagasRequest) GetStates() []SagaState {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *ListSagasRequest) GetCreatedAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAfter
+	}
+	return nil
+}
+
+func (x *ListSagasRequest) GetCreatedBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedBefore
+	}
+	return nil
+}
+
 type ListSagasResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sagas         []*Saga                `protobuf:"bytes,1,rep,name=sagas,proto3" json:"sagas,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first, without context, steps and history (GetSaga has them).
+	Sagas []*Saga `protobuf:"bytes,1,rep,name=sagas,proto3" json:"sagas,omitempty"`
+	// Empty after the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListSagasResponse) Reset() {
 	*x = ListSagasResponse{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[10]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +1472,7 @@ func (x *ListSagasResponse) String() string {
 func (*ListSagasResponse) ProtoMessage() {}
 
 func (x *ListSagasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[10]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +1485,7 @@ func (x *ListSagasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSagasResponse.ProtoReflect.Descriptor instead.
 func (*ListSagasResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{10}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListSagasResponse) GetSagas() []*Saga {
@@ -717,17 +1503,18 @@ func (x *ListSagasResponse) GetNextPageToken() string {
 }
 
 type CancelSagaRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TenantId      string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	SagaId        string                 `protobuf:"bytes,2,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TenantId string                 `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	SagaId   string                 `protobuf:"bytes,2,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
+	// Why (at most 1024 bytes): the saga's error_message.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CancelSagaRequest) Reset() {
 	*x = CancelSagaRequest{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[11]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +1526,7 @@ func (x *CancelSagaRequest) String() string {
 func (*CancelSagaRequest) ProtoMessage() {}
 
 func (x *CancelSagaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[11]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1539,7 @@ func (x *CancelSagaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelSagaRequest.ProtoReflect.Descriptor instead.
 func (*CancelSagaRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{11}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CancelSagaRequest) GetTenantId() string {
@@ -785,7 +1572,7 @@ type CancelSagaResponse struct {
 
 func (x *CancelSagaResponse) Reset() {
 	*x = CancelSagaResponse{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[12]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +1584,7 @@ func (x *CancelSagaResponse) String() string {
 func (*CancelSagaResponse) ProtoMessage() {}
 
 func (x *CancelSagaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[12]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +1597,7 @@ func (x *CancelSagaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelSagaResponse.ProtoReflect.Descriptor instead.
 func (*CancelSagaResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{12}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CancelSagaResponse) GetSaga() *Saga {
@@ -821,18 +1608,26 @@ func (x *CancelSagaResponse) GetSaga() *Saga {
 }
 
 type PollTasksRequest struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	// Actions this worker can run (step actions and compensation actions).
-	Actions       []string `protobuf:"bytes,2,rep,name=actions,proto3" json:"actions,omitempty"`
-	MaxInFlight   int32    `protobuf:"varint,3,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who the worker is (shown in GetSaga while it holds a task; at most 255 bytes).
+	WorkerId string `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// Step actions this worker runs.
+	Actions []string `protobuf:"bytes,2,rep,name=actions,proto3" json:"actions,omitempty"`
+	// Most unanswered tasks this stream holds at once (default 16, 1-1000).
+	MaxInFlight int32 `protobuf:"varint,3,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	// Compensation actions this worker runs. At least one action or compensation, 256 in
+	// all at most.
+	Compensations []string `protobuf:"bytes,4,rep,name=compensations,proto3" json:"compensations,omitempty"`
+	// Send context and input as JSON bytes (context_json, input_json) instead of
+	// Structs: cheaper for workers that parse JSON themselves.
+	PayloadAsJson bool `protobuf:"varint,5,opt,name=payload_as_json,json=payloadAsJson,proto3" json:"payload_as_json,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PollTasksRequest) Reset() {
 	*x = PollTasksRequest{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[13]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +1639,7 @@ func (x *PollTasksRequest) String() string {
 func (*PollTasksRequest) ProtoMessage() {}
 
 func (x *PollTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[13]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +1652,7 @@ func (x *PollTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollTasksRequest.ProtoReflect.Descriptor instead.
 func (*PollTasksRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{13}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PollTasksRequest) GetWorkerId() string {
@@ -881,25 +1676,53 @@ func (x *PollTasksRequest) GetMaxInFlight() int32 {
 	return 0
 }
 
+func (x *PollTasksRequest) GetCompensations() []string {
+	if x != nil {
+		return x.Compensations
+	}
+	return nil
+}
+
+func (x *PollTasksRequest) GetPayloadAsJson() bool {
+	if x != nil {
+		return x.PayloadAsJson
+	}
+	return false
+}
+
 type Task struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	TaskId         string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	SagaId         string                 `protobuf:"bytes,2,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
-	TenantId       string                 `protobuf:"bytes,3,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
-	StepId         string                 `protobuf:"bytes,4,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
-	Action         string                 `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
-	Compensation   bool                   `protobuf:"varint,6,opt,name=compensation,proto3" json:"compensation,omitempty"`
-	Context        *structpb.Struct       `protobuf:"bytes,7,opt,name=context,proto3" json:"context,omitempty"`
-	Input          *structpb.Struct       `protobuf:"bytes,8,opt,name=input,proto3" json:"input,omitempty"`
-	Attempt        int32                  `protobuf:"varint,9,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	LeaseExpiresAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=lease_expires_at,json=leaseExpiresAt,proto3" json:"lease_expires_at,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Opaque: pass it to CompleteTask or FailTask. Each attempt has its own.
+	TaskId   string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	SagaId   string `protobuf:"bytes,2,opt,name=saga_id,json=sagaId,proto3" json:"saga_id,omitempty"`
+	TenantId string `protobuf:"bytes,3,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	StepId   string `protobuf:"bytes,4,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
+	// The action or compensation to run.
+	Action string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	// The saga context (see Saga.context).
+	Context *structpb.Struct `protobuf:"bytes,7,opt,name=context,proto3" json:"context,omitempty"`
+	// An action's input: the context with the step's fixed input laid over it. A
+	// compensation's input: the step's output (empty for a step that failed).
+	Input *structpb.Struct `protobuf:"bytes,8,opt,name=input,proto3" json:"input,omitempty"`
+	// 1 for the first attempt, then one more per retry.
+	Attempt int32    `protobuf:"varint,9,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Kind    TaskKind `protobuf:"varint,11,opt,name=kind,proto3,enum=eventgw.v1.TaskKind" json:"kind,omitempty"`
+	// Answer before this: afterwards the task times out and an answer is refused.
+	Deadline *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	// When the task became ready to be taken.
+	ReadyAt         *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=ready_at,json=readyAt,proto3" json:"ready_at,omitempty"`
+	WorkflowId      string                 `protobuf:"bytes,14,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	WorkflowVersion int32                  `protobuf:"varint,15,opt,name=workflow_version,json=workflowVersion,proto3" json:"workflow_version,omitempty"`
+	// With payload_as_json: context and input as JSON objects.
+	ContextJson   []byte `protobuf:"bytes,16,opt,name=context_json,json=contextJson,proto3" json:"context_json,omitempty"`
+	InputJson     []byte `protobuf:"bytes,17,opt,name=input_json,json=inputJson,proto3" json:"input_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[14]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1734,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[14]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1747,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{14}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Task) GetTaskId() string {
@@ -962,13 +1785,6 @@ func (x *Task) GetAction() string {
 	return ""
 }
 
-func (x *Task) GetCompensation() bool {
-	if x != nil {
-		return x.Compensation
-	}
-	return false
-}
-
 func (x *Task) GetContext() *structpb.Struct {
 	if x != nil {
 		return x.Context
@@ -990,23 +1806,66 @@ func (x *Task) GetAttempt() int32 {
 	return 0
 }
 
-func (x *Task) GetLeaseExpiresAt() *timestamppb.Timestamp {
+func (x *Task) GetKind() TaskKind {
 	if x != nil {
-		return x.LeaseExpiresAt
+		return x.Kind
+	}
+	return TaskKind_TASK_KIND_UNSPECIFIED
+}
+
+func (x *Task) GetDeadline() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deadline
+	}
+	return nil
+}
+
+func (x *Task) GetReadyAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReadyAt
+	}
+	return nil
+}
+
+func (x *Task) GetWorkflowId() string {
+	if x != nil {
+		return x.WorkflowId
+	}
+	return ""
+}
+
+func (x *Task) GetWorkflowVersion() int32 {
+	if x != nil {
+		return x.WorkflowVersion
+	}
+	return 0
+}
+
+func (x *Task) GetContextJson() []byte {
+	if x != nil {
+		return x.ContextJson
+	}
+	return nil
+}
+
+func (x *Task) GetInputJson() []byte {
+	if x != nil {
+		return x.InputJson
 	}
 	return nil
 }
 
 type PollTasksResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One or more tasks.
+	Tasks         []*Task `protobuf:"bytes,2,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PollTasksResponse) Reset() {
 	*x = PollTasksResponse{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[15]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1877,7 @@ func (x *PollTasksResponse) String() string {
 func (*PollTasksResponse) ProtoMessage() {}
 
 func (x *PollTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[15]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,27 +1890,35 @@ func (x *PollTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollTasksResponse.ProtoReflect.Descriptor instead.
 func (*PollTasksResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{15}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{18}
 }
 
-func (x *PollTasksResponse) GetTask() *Task {
+func (x *PollTasksResponse) GetTasks() []*Task {
 	if x != nil {
-		return x.Task
+		return x.Tasks
 	}
 	return nil
 }
 
 type CompleteTaskRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	Output        *structpb.Struct       `protobuf:"bytes,2,opt,name=output,proto3" json:"output,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The step's output (a JSON object, at most 256 KiB), as a Struct or JSON bytes. An
+	// action's output is laid over the saga context for later steps; a compensation's
+	// is not kept.
+	//
+	// Types that are valid to be assigned to Result:
+	//
+	//	*CompleteTaskRequest_Output
+	//	*CompleteTaskRequest_OutputJson
+	Result        isCompleteTaskRequest_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CompleteTaskRequest) Reset() {
 	*x = CompleteTaskRequest{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[16]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1930,7 @@ func (x *CompleteTaskRequest) String() string {
 func (*CompleteTaskRequest) ProtoMessage() {}
 
 func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[16]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1943,7 @@ func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTaskRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{16}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CompleteTaskRequest) GetTaskId() string {
@@ -1086,12 +1953,46 @@ func (x *CompleteTaskRequest) GetTaskId() string {
 	return ""
 }
 
-func (x *CompleteTaskRequest) GetOutput() *structpb.Struct {
+func (x *CompleteTaskRequest) GetResult() isCompleteTaskRequest_Result {
 	if x != nil {
-		return x.Output
+		return x.Result
 	}
 	return nil
 }
+
+func (x *CompleteTaskRequest) GetOutput() *structpb.Struct {
+	if x != nil {
+		if x, ok := x.Result.(*CompleteTaskRequest_Output); ok {
+			return x.Output
+		}
+	}
+	return nil
+}
+
+func (x *CompleteTaskRequest) GetOutputJson() []byte {
+	if x != nil {
+		if x, ok := x.Result.(*CompleteTaskRequest_OutputJson); ok {
+			return x.OutputJson
+		}
+	}
+	return nil
+}
+
+type isCompleteTaskRequest_Result interface {
+	isCompleteTaskRequest_Result()
+}
+
+type CompleteTaskRequest_Output struct {
+	Output *structpb.Struct `protobuf:"bytes,2,opt,name=output,proto3,oneof"`
+}
+
+type CompleteTaskRequest_OutputJson struct {
+	OutputJson []byte `protobuf:"bytes,3,opt,name=output_json,json=outputJson,proto3,oneof"`
+}
+
+func (*CompleteTaskRequest_Output) isCompleteTaskRequest_Result() {}
+
+func (*CompleteTaskRequest_OutputJson) isCompleteTaskRequest_Result() {}
 
 type CompleteTaskResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1101,7 +2002,7 @@ type CompleteTaskResponse struct {
 
 func (x *CompleteTaskResponse) Reset() {
 	*x = CompleteTaskResponse{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[17]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +2014,7 @@ func (x *CompleteTaskResponse) String() string {
 func (*CompleteTaskResponse) ProtoMessage() {}
 
 func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[17]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,22 +2027,26 @@ func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{17}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{20}
 }
 
 type FailTaskRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	ErrorType     string                 `protobuf:"bytes,2,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
-	ErrorMessage  string                 `protobuf:"bytes,3,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
-	Retryable     bool                   `protobuf:"varint,4,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Such as "NoBedsAvailable" (letters, digits, '.', '_', '-'; at most 100). Required.
+	ErrorType string `protobuf:"bytes,2,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`
+	// At most 4096 bytes. Never put health data here: operators read it.
+	ErrorMessage string `protobuf:"bytes,3,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	// Retrying cannot help: do not retry, fail the step now. By default a failure is
+	// retried as the step's retry policy says.
+	NonRetryable  bool `protobuf:"varint,5,opt,name=non_retryable,json=nonRetryable,proto3" json:"non_retryable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FailTaskRequest) Reset() {
 	*x = FailTaskRequest{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[18]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +2058,7 @@ func (x *FailTaskRequest) String() string {
 func (*FailTaskRequest) ProtoMessage() {}
 
 func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[18]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +2071,7 @@ func (x *FailTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskRequest.ProtoReflect.Descriptor instead.
 func (*FailTaskRequest) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{18}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FailTaskRequest) GetTaskId() string {
@@ -1190,9 +2095,9 @@ func (x *FailTaskRequest) GetErrorMessage() string {
 	return ""
 }
 
-func (x *FailTaskRequest) GetRetryable() bool {
+func (x *FailTaskRequest) GetNonRetryable() bool {
 	if x != nil {
-		return x.Retryable
+		return x.NonRetryable
 	}
 	return false
 }
@@ -1205,7 +2110,7 @@ type FailTaskResponse struct {
 
 func (x *FailTaskResponse) Reset() {
 	*x = FailTaskResponse{}
-	mi := &file_eventgw_v1_saga_proto_msgTypes[19]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +2122,7 @@ func (x *FailTaskResponse) String() string {
 func (*FailTaskResponse) ProtoMessage() {}
 
 func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eventgw_v1_saga_proto_msgTypes[19]
+	mi := &file_eventgw_v1_saga_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +2135,7 @@ func (x *FailTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailTaskResponse.ProtoReflect.Descriptor instead.
 func (*FailTaskResponse) Descriptor() ([]byte, []int) {
-	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{19}
+	return file_eventgw_v1_saga_proto_rawDescGZIP(), []int{22}
 }
 
 var File_eventgw_v1_saga_proto protoreflect.FileDescriptor
@@ -1238,60 +2143,124 @@ var File_eventgw_v1_saga_proto protoreflect.FileDescriptor
 const file_eventgw_v1_saga_proto_rawDesc = "" +
 	"\n" +
 	"\x15eventgw/v1/saga.proto\x12\n" +
-	"eventgw.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n" +
+	"eventgw.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdb\x01\n" +
+	"\vRetryPolicy\x12!\n" +
+	"\fmax_attempts\x18\x01 \x01(\x05R\vmaxAttempts\x12,\n" +
+	"\x12initial_backoff_ms\x18\x02 \x01(\x05R\x10initialBackoffMs\x12-\n" +
+	"\x12backoff_multiplier\x18\x03 \x01(\x01R\x11backoffMultiplier\x12$\n" +
+	"\x0emax_backoff_ms\x18\x04 \x01(\x05R\fmaxBackoffMs\x12\x1b\n" +
+	"\x06jitter\x18\x05 \x01(\x01H\x00R\x06jitter\x88\x01\x01B\t\n" +
+	"\a_jitter\"\x9e\x02\n" +
 	"\fWorkflowStep\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\tR\x06stepId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
 	"\x06action\x18\x03 \x01(\tR\x06action\x12/\n" +
 	"\x13compensation_action\x18\x04 \x01(\tR\x12compensationAction\x12'\n" +
-	"\x0ftimeout_seconds\x18\x05 \x01(\x05R\x0etimeoutSeconds\x12\x1f\n" +
-	"\vmax_retries\x18\x06 \x01(\x05R\n" +
-	"maxRetries\"\xcc\x01\n" +
+	"\x0ftimeout_seconds\x18\x05 \x01(\x05R\x0etimeoutSeconds\x12-\n" +
+	"\x05retry\x18\a \x01(\v2\x17.eventgw.v1.RetryPolicyR\x05retry\x12-\n" +
+	"\x05input\x18\b \x01(\v2\x17.google.protobuf.StructR\x05inputJ\x04\b\x06\x10\aR\vmax_retries\"\xcc\x01\n" +
 	"\x12WorkflowDefinition\x12\x1f\n" +
 	"\vworkflow_id\x18\x01 \x01(\tR\n" +
 	"workflowId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12.\n" +
 	"\x05steps\x18\x04 \x03(\v2\x18.eventgw.v1.WorkflowStepR\x05steps\x12/\n" +
-	"\x13enable_compensation\x18\x05 \x01(\bR\x12enableCompensation\"\xe4\x02\n" +
+	"\x13enable_compensation\x18\x05 \x01(\bR\x12enableCompensation\"\xe1\x06\n" +
+	"\bSagaStep\x12\x17\n" +
+	"\astep_id\x18\x01 \x01(\tR\x06stepId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06action\x18\x03 \x01(\tR\x06action\x12/\n" +
+	"\x13compensation_action\x18\x04 \x01(\tR\x12compensationAction\x12.\n" +
+	"\x06status\x18\x05 \x01(\x0e2\x16.eventgw.v1.StepStatusR\x06status\x12\x1a\n" +
+	"\battempts\x18\x06 \x01(\x05R\battempts\x123\n" +
+	"\x15compensation_attempts\x18\a \x01(\x05R\x14compensationAttempts\x12=\n" +
+	"\fscheduled_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vscheduledAt\x129\n" +
+	"\n" +
+	"started_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
+	"\vfinished_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"finishedAt\x12V\n" +
+	"\x19compensation_scheduled_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x17compensationScheduledAt\x12A\n" +
+	"\x0ecompensated_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rcompensatedAt\x12/\n" +
+	"\x06output\x18\r \x01(\v2\x17.google.protobuf.StructR\x06output\x12\x1d\n" +
+	"\n" +
+	"error_type\x18\x0e \x01(\tR\terrorType\x12#\n" +
+	"\rerror_message\x18\x0f \x01(\tR\ferrorMessage\x12\x1b\n" +
+	"\tworker_id\x18\x10 \x01(\tR\bworkerId\x126\n" +
+	"\bdeadline\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12B\n" +
+	"\x0fnext_attempt_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\"\x85\x03\n" +
+	"\x10SagaHistoryEntry\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x17\n" +
+	"\astep_id\x18\x04 \x01(\tR\x06stepId\x12(\n" +
+	"\x04kind\x18\x05 \x01(\x0e2\x14.eventgw.v1.TaskKindR\x04kind\x12\x18\n" +
+	"\aattempt\x18\x06 \x01(\x05R\aattempt\x12\x1d\n" +
+	"\n" +
+	"error_type\x18\a \x01(\tR\terrorType\x12#\n" +
+	"\rerror_message\x18\b \x01(\tR\ferrorMessage\x12\x1d\n" +
+	"\n" +
+	"will_retry\x18\t \x01(\bR\twillRetry\x12+\n" +
+	"\x05state\x18\n" +
+	" \x01(\x0e2\x15.eventgw.v1.SagaStateR\x05state\x12\x19\n" +
+	"\bevent_id\x18\v \x01(\tR\aeventId\"\xeb\x05\n" +
 	"\x04Saga\x12\x17\n" +
 	"\asaga_id\x18\x01 \x01(\tR\x06sagaId\x12\x1f\n" +
 	"\vworkflow_id\x18\x02 \x01(\tR\n" +
 	"workflowId\x12\x1b\n" +
-	"\ttenant_id\x18\x03 \x01(\tR\btenantId\x12\x14\n" +
-	"\x05state\x18\x04 \x01(\tR\x05state\x12!\n" +
+	"\ttenant_id\x18\x03 \x01(\tR\btenantId\x12!\n" +
 	"\fcurrent_step\x18\x05 \x01(\tR\vcurrentStep\x121\n" +
 	"\acontext\x18\x06 \x01(\v2\x17.google.protobuf.StructR\acontext\x129\n" +
 	"\n" +
 	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
 	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12#\n" +
-	"\rerror_message\x18\t \x01(\tR\ferrorMessage\"U\n" +
+	"\rerror_message\x18\t \x01(\tR\ferrorMessage\x12)\n" +
+	"\x10workflow_version\x18\n" +
+	" \x01(\x05R\x0fworkflowVersion\x124\n" +
+	"\n" +
+	"saga_state\x18\v \x01(\x0e2\x15.eventgw.v1.SagaStateR\tsagaState\x12\x1d\n" +
+	"\n" +
+	"error_type\x18\f \x01(\tR\terrorType\x12\x1f\n" +
+	"\vfailed_step\x18\r \x01(\tR\n" +
+	"failedStep\x12)\n" +
+	"\x10cancel_requested\x18\x0e \x01(\bR\x0fcancelRequested\x125\n" +
+	"\bended_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12'\n" +
+	"\x0fidempotency_key\x18\x10 \x01(\tR\x0eidempotencyKey\x12*\n" +
+	"\x05steps\x18\x11 \x03(\v2\x14.eventgw.v1.SagaStepR\x05steps\x126\n" +
+	"\ahistory\x18\x12 \x03(\v2\x1c.eventgw.v1.SagaHistoryEntryR\ahistoryJ\x04\b\x04\x10\x05R\x05state\"U\n" +
 	"\x17RegisterWorkflowRequest\x12:\n" +
-	"\bworkflow\x18\x01 \x01(\v2\x1e.eventgw.v1.WorkflowDefinitionR\bworkflow\"4\n" +
+	"\bworkflow\x18\x01 \x01(\v2\x1e.eventgw.v1.WorkflowDefinitionR\bworkflow\"N\n" +
 	"\x18RegisterWorkflowResponse\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\x05R\aversion\"\xac\x01\n" +
+	"\aversion\x18\x01 \x01(\x05R\aversion\x12\x18\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"\xe6\x01\n" +
 	"\x10StartSagaRequest\x12\x1f\n" +
 	"\vworkflow_id\x18\x01 \x01(\tR\n" +
 	"workflowId\x12\x1b\n" +
-	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x121\n" +
-	"\acontext\x18\x03 \x01(\v2\x17.google.protobuf.StructR\acontext\x12'\n" +
-	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\"9\n" +
+	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x123\n" +
+	"\acontext\x18\x03 \x01(\v2\x17.google.protobuf.StructH\x00R\acontext\x12#\n" +
+	"\fcontext_json\x18\x05 \x01(\fH\x00R\vcontextJson\x12'\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKeyB\x11\n" +
+	"\x0finitial_context\"S\n" +
 	"\x11StartSagaResponse\x12$\n" +
-	"\x04saga\x18\x01 \x01(\v2\x10.eventgw.v1.SagaR\x04saga\"F\n" +
+	"\x04saga\x18\x01 \x01(\v2\x10.eventgw.v1.SagaR\x04saga\x12\x18\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"F\n" +
 	"\x0eGetSagaRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x17\n" +
 	"\asaga_id\x18\x02 \x01(\tR\x06sagaId\"7\n" +
 	"\x0fGetSagaResponse\x12$\n" +
-	"\x04saga\x18\x01 \x01(\v2\x10.eventgw.v1.SagaR\x04saga\"\xa2\x01\n" +
+	"\x04saga\x18\x01 \x01(\v2\x10.eventgw.v1.SagaR\x04saga\"\xcc\x02\n" +
 	"\x10ListSagasRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x1f\n" +
 	"\vworkflow_id\x18\x02 \x01(\tR\n" +
-	"workflowId\x12\x14\n" +
-	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1b\n" +
+	"workflowId\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"c\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12-\n" +
+	"\x06states\x18\x06 \x03(\x0e2\x15.eventgw.v1.SagaStateR\x06states\x12?\n" +
+	"\rcreated_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\fcreatedAfter\x12A\n" +
+	"\x0ecreated_before\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\rcreatedBeforeJ\x04\b\x03\x10\x04R\x05state\"c\n" +
 	"\x11ListSagasResponse\x12&\n" +
 	"\x05sagas\x18\x01 \x03(\v2\x10.eventgw.v1.SagaR\x05sagas\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"a\n" +
@@ -1300,36 +2269,71 @@ const file_eventgw_v1_saga_proto_rawDesc = "" +
 	"\asaga_id\x18\x02 \x01(\tR\x06sagaId\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\":\n" +
 	"\x12CancelSagaResponse\x12$\n" +
-	"\x04saga\x18\x01 \x01(\v2\x10.eventgw.v1.SagaR\x04saga\"m\n" +
+	"\x04saga\x18\x01 \x01(\v2\x10.eventgw.v1.SagaR\x04saga\"\xbb\x01\n" +
 	"\x10PollTasksRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x18\n" +
 	"\aactions\x18\x02 \x03(\tR\aactions\x12\"\n" +
-	"\rmax_in_flight\x18\x03 \x01(\x05R\vmaxInFlight\"\xec\x02\n" +
+	"\rmax_in_flight\x18\x03 \x01(\x05R\vmaxInFlight\x12$\n" +
+	"\rcompensations\x18\x04 \x03(\tR\rcompensations\x12&\n" +
+	"\x0fpayload_as_json\x18\x05 \x01(\bR\rpayloadAsJson\"\xd5\x04\n" +
 	"\x04Task\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x17\n" +
 	"\asaga_id\x18\x02 \x01(\tR\x06sagaId\x12\x1b\n" +
 	"\ttenant_id\x18\x03 \x01(\tR\btenantId\x12\x17\n" +
 	"\astep_id\x18\x04 \x01(\tR\x06stepId\x12\x16\n" +
-	"\x06action\x18\x05 \x01(\tR\x06action\x12\"\n" +
-	"\fcompensation\x18\x06 \x01(\bR\fcompensation\x121\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x121\n" +
 	"\acontext\x18\a \x01(\v2\x17.google.protobuf.StructR\acontext\x12-\n" +
 	"\x05input\x18\b \x01(\v2\x17.google.protobuf.StructR\x05input\x12\x18\n" +
-	"\aattempt\x18\t \x01(\x05R\aattempt\x12D\n" +
-	"\x10lease_expires_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\"9\n" +
-	"\x11PollTasksResponse\x12$\n" +
-	"\x04task\x18\x01 \x01(\v2\x10.eventgw.v1.TaskR\x04task\"_\n" +
+	"\aattempt\x18\t \x01(\x05R\aattempt\x12(\n" +
+	"\x04kind\x18\v \x01(\x0e2\x14.eventgw.v1.TaskKindR\x04kind\x126\n" +
+	"\bdeadline\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x125\n" +
+	"\bready_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\areadyAt\x12\x1f\n" +
+	"\vworkflow_id\x18\x0e \x01(\tR\n" +
+	"workflowId\x12)\n" +
+	"\x10workflow_version\x18\x0f \x01(\x05R\x0fworkflowVersion\x12!\n" +
+	"\fcontext_json\x18\x10 \x01(\fR\vcontextJson\x12\x1d\n" +
+	"\n" +
+	"input_json\x18\x11 \x01(\fR\tinputJsonJ\x04\b\x06\x10\aJ\x04\b\n" +
+	"\x10\vR\fcompensationR\x10lease_expires_at\"G\n" +
+	"\x11PollTasksResponse\x12&\n" +
+	"\x05tasks\x18\x02 \x03(\v2\x10.eventgw.v1.TaskR\x05tasksJ\x04\b\x01\x10\x02R\x04task\"\x8e\x01\n" +
 	"\x13CompleteTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12/\n" +
-	"\x06output\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x06output\"\x16\n" +
-	"\x14CompleteTaskResponse\"\x8c\x01\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x121\n" +
+	"\x06output\x18\x02 \x01(\v2\x17.google.protobuf.StructH\x00R\x06output\x12!\n" +
+	"\voutput_json\x18\x03 \x01(\fH\x00R\n" +
+	"outputJsonB\b\n" +
+	"\x06result\"\x16\n" +
+	"\x14CompleteTaskResponse\"\xa4\x01\n" +
 	"\x0fFailTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1d\n" +
 	"\n" +
 	"error_type\x18\x02 \x01(\tR\terrorType\x12#\n" +
-	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage\x12\x1c\n" +
-	"\tretryable\x18\x04 \x01(\bR\tretryable\"\x12\n" +
-	"\x10FailTaskResponse2\xf7\x04\n" +
+	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage\x12#\n" +
+	"\rnon_retryable\x18\x05 \x01(\bR\fnonRetryableJ\x04\b\x04\x10\x05R\tretryable\"\x12\n" +
+	"\x10FailTaskResponse*\xc3\x01\n" +
+	"\tSagaState\x12\x1a\n" +
+	"\x16SAGA_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12SAGA_STATE_RUNNING\x10\x01\x12\x18\n" +
+	"\x14SAGA_STATE_COMPLETED\x10\x02\x12\x1b\n" +
+	"\x17SAGA_STATE_COMPENSATING\x10\x03\x12\x1a\n" +
+	"\x16SAGA_STATE_COMPENSATED\x10\x04\x12\x15\n" +
+	"\x11SAGA_STATE_FAILED\x10\x05\x12\x18\n" +
+	"\x14SAGA_STATE_CANCELLED\x10\x06*\x87\x02\n" +
+	"\n" +
+	"StepStatus\x12\x1b\n" +
+	"\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13STEP_STATUS_PENDING\x10\x01\x12\x17\n" +
+	"\x13STEP_STATUS_RUNNING\x10\x02\x12\x19\n" +
+	"\x15STEP_STATUS_COMPLETED\x10\x03\x12\x16\n" +
+	"\x12STEP_STATUS_FAILED\x10\x04\x12\x1c\n" +
+	"\x18STEP_STATUS_COMPENSATING\x10\x05\x12\x1b\n" +
+	"\x17STEP_STATUS_COMPENSATED\x10\x06\x12#\n" +
+	"\x1fSTEP_STATUS_COMPENSATION_FAILED\x10\a\x12\x17\n" +
+	"\x13STEP_STATUS_SKIPPED\x10\b*W\n" +
+	"\bTaskKind\x12\x19\n" +
+	"\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10TASK_KIND_ACTION\x10\x01\x12\x1a\n" +
+	"\x16TASK_KIND_COMPENSATION\x10\x022\xf7\x04\n" +
 	"\vSagaService\x12]\n" +
 	"\x10RegisterWorkflow\x12#.eventgw.v1.RegisterWorkflowRequest\x1a$.eventgw.v1.RegisterWorkflowResponse\x12H\n" +
 	"\tStartSaga\x12\x1c.eventgw.v1.StartSagaRequest\x1a\x1d.eventgw.v1.StartSagaResponse\x12B\n" +
@@ -1353,68 +2357,98 @@ func file_eventgw_v1_saga_proto_rawDescGZIP() []byte {
 	return file_eventgw_v1_saga_proto_rawDescData
 }
 
-var file_eventgw_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_eventgw_v1_saga_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_eventgw_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_eventgw_v1_saga_proto_goTypes = []any{
-	(*WorkflowStep)(nil),             // 0: eventgw.v1.WorkflowStep
-	(*WorkflowDefinition)(nil),       // 1: eventgw.v1.WorkflowDefinition
-	(*Saga)(nil),                     // 2: eventgw.v1.Saga
-	(*RegisterWorkflowRequest)(nil),  // 3: eventgw.v1.RegisterWorkflowRequest
-	(*RegisterWorkflowResponse)(nil), // 4: eventgw.v1.RegisterWorkflowResponse
-	(*StartSagaRequest)(nil),         // 5: eventgw.v1.StartSagaRequest
-	(*StartSagaResponse)(nil),        // 6: eventgw.v1.StartSagaResponse
-	(*GetSagaRequest)(nil),           // 7: eventgw.v1.GetSagaRequest
-	(*GetSagaResponse)(nil),          // 8: eventgw.v1.GetSagaResponse
-	(*ListSagasRequest)(nil),         // 9: eventgw.v1.ListSagasRequest
-	(*ListSagasResponse)(nil),        // 10: eventgw.v1.ListSagasResponse
-	(*CancelSagaRequest)(nil),        // 11: eventgw.v1.CancelSagaRequest
-	(*CancelSagaResponse)(nil),       // 12: eventgw.v1.CancelSagaResponse
-	(*PollTasksRequest)(nil),         // 13: eventgw.v1.PollTasksRequest
-	(*Task)(nil),                     // 14: eventgw.v1.Task
-	(*PollTasksResponse)(nil),        // 15: eventgw.v1.PollTasksResponse
-	(*CompleteTaskRequest)(nil),      // 16: eventgw.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),     // 17: eventgw.v1.CompleteTaskResponse
-	(*FailTaskRequest)(nil),          // 18: eventgw.v1.FailTaskRequest
-	(*FailTaskResponse)(nil),         // 19: eventgw.v1.FailTaskResponse
-	(*structpb.Struct)(nil),          // 20: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
+	(SagaState)(0),                   // 0: eventgw.v1.SagaState
+	(StepStatus)(0),                  // 1: eventgw.v1.StepStatus
+	(TaskKind)(0),                    // 2: eventgw.v1.TaskKind
+	(*RetryPolicy)(nil),              // 3: eventgw.v1.RetryPolicy
+	(*WorkflowStep)(nil),             // 4: eventgw.v1.WorkflowStep
+	(*WorkflowDefinition)(nil),       // 5: eventgw.v1.WorkflowDefinition
+	(*SagaStep)(nil),                 // 6: eventgw.v1.SagaStep
+	(*SagaHistoryEntry)(nil),         // 7: eventgw.v1.SagaHistoryEntry
+	(*Saga)(nil),                     // 8: eventgw.v1.Saga
+	(*RegisterWorkflowRequest)(nil),  // 9: eventgw.v1.RegisterWorkflowRequest
+	(*RegisterWorkflowResponse)(nil), // 10: eventgw.v1.RegisterWorkflowResponse
+	(*StartSagaRequest)(nil),         // 11: eventgw.v1.StartSagaRequest
+	(*StartSagaResponse)(nil),        // 12: eventgw.v1.StartSagaResponse
+	(*GetSagaRequest)(nil),           // 13: eventgw.v1.GetSagaRequest
+	(*GetSagaResponse)(nil),          // 14: eventgw.v1.GetSagaResponse
+	(*ListSagasRequest)(nil),         // 15: eventgw.v1.ListSagasRequest
+	(*ListSagasResponse)(nil),        // 16: eventgw.v1.ListSagasResponse
+	(*CancelSagaRequest)(nil),        // 17: eventgw.v1.CancelSagaRequest
+	(*CancelSagaResponse)(nil),       // 18: eventgw.v1.CancelSagaResponse
+	(*PollTasksRequest)(nil),         // 19: eventgw.v1.PollTasksRequest
+	(*Task)(nil),                     // 20: eventgw.v1.Task
+	(*PollTasksResponse)(nil),        // 21: eventgw.v1.PollTasksResponse
+	(*CompleteTaskRequest)(nil),      // 22: eventgw.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),     // 23: eventgw.v1.CompleteTaskResponse
+	(*FailTaskRequest)(nil),          // 24: eventgw.v1.FailTaskRequest
+	(*FailTaskResponse)(nil),         // 25: eventgw.v1.FailTaskResponse
+	(*structpb.Struct)(nil),          // 26: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),    // 27: google.protobuf.Timestamp
 }
 var file_eventgw_v1_saga_proto_depIdxs = []int32{
-	0,  // 0: eventgw.v1.WorkflowDefinition.steps:type_name -> eventgw.v1.WorkflowStep
-	20, // 1: eventgw.v1.Saga.context:type_name -> google.protobuf.Struct
-	21, // 2: eventgw.v1.Saga.created_at:type_name -> google.protobuf.Timestamp
-	21, // 3: eventgw.v1.Saga.updated_at:type_name -> google.protobuf.Timestamp
-	1,  // 4: eventgw.v1.RegisterWorkflowRequest.workflow:type_name -> eventgw.v1.WorkflowDefinition
-	20, // 5: eventgw.v1.StartSagaRequest.context:type_name -> google.protobuf.Struct
-	2,  // 6: eventgw.v1.StartSagaResponse.saga:type_name -> eventgw.v1.Saga
-	2,  // 7: eventgw.v1.GetSagaResponse.saga:type_name -> eventgw.v1.Saga
-	2,  // 8: eventgw.v1.ListSagasResponse.sagas:type_name -> eventgw.v1.Saga
-	2,  // 9: eventgw.v1.CancelSagaResponse.saga:type_name -> eventgw.v1.Saga
-	20, // 10: eventgw.v1.Task.context:type_name -> google.protobuf.Struct
-	20, // 11: eventgw.v1.Task.input:type_name -> google.protobuf.Struct
-	21, // 12: eventgw.v1.Task.lease_expires_at:type_name -> google.protobuf.Timestamp
-	14, // 13: eventgw.v1.PollTasksResponse.task:type_name -> eventgw.v1.Task
-	20, // 14: eventgw.v1.CompleteTaskRequest.output:type_name -> google.protobuf.Struct
-	3,  // 15: eventgw.v1.SagaService.RegisterWorkflow:input_type -> eventgw.v1.RegisterWorkflowRequest
-	5,  // 16: eventgw.v1.SagaService.StartSaga:input_type -> eventgw.v1.StartSagaRequest
-	7,  // 17: eventgw.v1.SagaService.GetSaga:input_type -> eventgw.v1.GetSagaRequest
-	9,  // 18: eventgw.v1.SagaService.ListSagas:input_type -> eventgw.v1.ListSagasRequest
-	11, // 19: eventgw.v1.SagaService.CancelSaga:input_type -> eventgw.v1.CancelSagaRequest
-	13, // 20: eventgw.v1.SagaService.PollTasks:input_type -> eventgw.v1.PollTasksRequest
-	16, // 21: eventgw.v1.SagaService.CompleteTask:input_type -> eventgw.v1.CompleteTaskRequest
-	18, // 22: eventgw.v1.SagaService.FailTask:input_type -> eventgw.v1.FailTaskRequest
-	4,  // 23: eventgw.v1.SagaService.RegisterWorkflow:output_type -> eventgw.v1.RegisterWorkflowResponse
-	6,  // 24: eventgw.v1.SagaService.StartSaga:output_type -> eventgw.v1.StartSagaResponse
-	8,  // 25: eventgw.v1.SagaService.GetSaga:output_type -> eventgw.v1.GetSagaResponse
-	10, // 26: eventgw.v1.SagaService.ListSagas:output_type -> eventgw.v1.ListSagasResponse
-	12, // 27: eventgw.v1.SagaService.CancelSaga:output_type -> eventgw.v1.CancelSagaResponse
-	15, // 28: eventgw.v1.SagaService.PollTasks:output_type -> eventgw.v1.PollTasksResponse
-	17, // 29: eventgw.v1.SagaService.CompleteTask:output_type -> eventgw.v1.CompleteTaskResponse
-	19, // 30: eventgw.v1.SagaService.FailTask:output_type -> eventgw.v1.FailTaskResponse
-	23, // [23:31] is the sub-list for method output_type
-	15, // [15:23] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	3,  // 0: eventgw.v1.WorkflowStep.retry:type_name -> eventgw.v1.RetryPolicy
+	26, // 1: eventgw.v1.WorkflowStep.input:type_name -> google.protobuf.Struct
+	4,  // 2: eventgw.v1.WorkflowDefinition.steps:type_name -> eventgw.v1.WorkflowStep
+	1,  // 3: eventgw.v1.SagaStep.status:type_name -> eventgw.v1.StepStatus
+	27, // 4: eventgw.v1.SagaStep.scheduled_at:type_name -> google.protobuf.Timestamp
+	27, // 5: eventgw.v1.SagaStep.started_at:type_name -> google.protobuf.Timestamp
+	27, // 6: eventgw.v1.SagaStep.finished_at:type_name -> google.protobuf.Timestamp
+	27, // 7: eventgw.v1.SagaStep.compensation_scheduled_at:type_name -> google.protobuf.Timestamp
+	27, // 8: eventgw.v1.SagaStep.compensated_at:type_name -> google.protobuf.Timestamp
+	26, // 9: eventgw.v1.SagaStep.output:type_name -> google.protobuf.Struct
+	27, // 10: eventgw.v1.SagaStep.deadline:type_name -> google.protobuf.Timestamp
+	27, // 11: eventgw.v1.SagaStep.next_attempt_at:type_name -> google.protobuf.Timestamp
+	27, // 12: eventgw.v1.SagaHistoryEntry.time:type_name -> google.protobuf.Timestamp
+	2,  // 13: eventgw.v1.SagaHistoryEntry.kind:type_name -> eventgw.v1.TaskKind
+	0,  // 14: eventgw.v1.SagaHistoryEntry.state:type_name -> eventgw.v1.SagaState
+	26, // 15: eventgw.v1.Saga.context:type_name -> google.protobuf.Struct
+	27, // 16: eventgw.v1.Saga.created_at:type_name -> google.protobuf.Timestamp
+	27, // 17: eventgw.v1.Saga.updated_at:type_name -> google.protobuf.Timestamp
+	0,  // 18: eventgw.v1.Saga.saga_state:type_name -> eventgw.v1.SagaState
+	27, // 19: eventgw.v1.Saga.ended_at:type_name -> google.protobuf.Timestamp
+	6,  // 20: eventgw.v1.Saga.steps:type_name -> eventgw.v1.SagaStep
+	7,  // 21: eventgw.v1.Saga.history:type_name -> eventgw.v1.SagaHistoryEntry
+	5,  // 22: eventgw.v1.RegisterWorkflowRequest.workflow:type_name -> eventgw.v1.WorkflowDefinition
+	26, // 23: eventgw.v1.StartSagaRequest.context:type_name -> google.protobuf.Struct
+	8,  // 24: eventgw.v1.StartSagaResponse.saga:type_name -> eventgw.v1.Saga
+	8,  // 25: eventgw.v1.GetSagaResponse.saga:type_name -> eventgw.v1.Saga
+	0,  // 26: eventgw.v1.ListSagasRequest.states:type_name -> eventgw.v1.SagaState
+	27, // 27: eventgw.v1.ListSagasRequest.created_after:type_name -> google.protobuf.Timestamp
+	27, // 28: eventgw.v1.ListSagasRequest.created_before:type_name -> google.protobuf.Timestamp
+	8,  // 29: eventgw.v1.ListSagasResponse.sagas:type_name -> eventgw.v1.Saga
+	8,  // 30: eventgw.v1.CancelSagaResponse.saga:type_name -> eventgw.v1.Saga
+	26, // 31: eventgw.v1.Task.context:type_name -> google.protobuf.Struct
+	26, // 32: eventgw.v1.Task.input:type_name -> google.protobuf.Struct
+	2,  // 33: eventgw.v1.Task.kind:type_name -> eventgw.v1.TaskKind
+	27, // 34: eventgw.v1.Task.deadline:type_name -> google.protobuf.Timestamp
+	27, // 35: eventgw.v1.Task.ready_at:type_name -> google.protobuf.Timestamp
+	20, // 36: eventgw.v1.PollTasksResponse.tasks:type_name -> eventgw.v1.Task
+	26, // 37: eventgw.v1.CompleteTaskRequest.output:type_name -> google.protobuf.Struct
+	9,  // 38: eventgw.v1.SagaService.RegisterWorkflow:input_type -> eventgw.v1.RegisterWorkflowRequest
+	11, // 39: eventgw.v1.SagaService.StartSaga:input_type -> eventgw.v1.StartSagaRequest
+	13, // 40: eventgw.v1.SagaService.GetSaga:input_type -> eventgw.v1.GetSagaRequest
+	15, // 41: eventgw.v1.SagaService.ListSagas:input_type -> eventgw.v1.ListSagasRequest
+	17, // 42: eventgw.v1.SagaService.CancelSaga:input_type -> eventgw.v1.CancelSagaRequest
+	19, // 43: eventgw.v1.SagaService.PollTasks:input_type -> eventgw.v1.PollTasksRequest
+	22, // 44: eventgw.v1.SagaService.CompleteTask:input_type -> eventgw.v1.CompleteTaskRequest
+	24, // 45: eventgw.v1.SagaService.FailTask:input_type -> eventgw.v1.FailTaskRequest
+	10, // 46: eventgw.v1.SagaService.RegisterWorkflow:output_type -> eventgw.v1.RegisterWorkflowResponse
+	12, // 47: eventgw.v1.SagaService.StartSaga:output_type -> eventgw.v1.StartSagaResponse
+	14, // 48: eventgw.v1.SagaService.GetSaga:output_type -> eventgw.v1.GetSagaResponse
+	16, // 49: eventgw.v1.SagaService.ListSagas:output_type -> eventgw.v1.ListSagasResponse
+	18, // 50: eventgw.v1.SagaService.CancelSaga:output_type -> eventgw.v1.CancelSagaResponse
+	21, // 51: eventgw.v1.SagaService.PollTasks:output_type -> eventgw.v1.PollTasksResponse
+	23, // 52: eventgw.v1.SagaService.CompleteTask:output_type -> eventgw.v1.CompleteTaskResponse
+	25, // 53: eventgw.v1.SagaService.FailTask:output_type -> eventgw.v1.FailTaskResponse
+	46, // [46:54] is the sub-list for method output_type
+	38, // [38:46] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_eventgw_v1_saga_proto_init() }
@@ -1422,18 +2456,28 @@ func file_eventgw_v1_saga_proto_init() {
 	if File_eventgw_v1_saga_proto != nil {
 		return
 	}
+	file_eventgw_v1_saga_proto_msgTypes[0].OneofWrappers = []any{}
+	file_eventgw_v1_saga_proto_msgTypes[8].OneofWrappers = []any{
+		(*StartSagaRequest_Context)(nil),
+		(*StartSagaRequest_ContextJson)(nil),
+	}
+	file_eventgw_v1_saga_proto_msgTypes[19].OneofWrappers = []any{
+		(*CompleteTaskRequest_Output)(nil),
+		(*CompleteTaskRequest_OutputJson)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eventgw_v1_saga_proto_rawDesc), len(file_eventgw_v1_saga_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   20,
+			NumEnums:      3,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_eventgw_v1_saga_proto_goTypes,
 		DependencyIndexes: file_eventgw_v1_saga_proto_depIdxs,
+		EnumInfos:         file_eventgw_v1_saga_proto_enumTypes,
 		MessageInfos:      file_eventgw_v1_saga_proto_msgTypes,
 	}.Build()
 	File_eventgw_v1_saga_proto = out.File

@@ -33,17 +33,34 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// SagaService runs workflows (sagas) whose steps are executed by workers; failed
-// workflows are compensated in reverse order.
+// SagaService is the guide's workflow engine: workflows (sagas) whose steps are run by
+// workers, in the application, through leased tasks. The sidecar keeps every saga's
+// state in PostgreSQL, hands out tasks, enforces step timeouts, retries failed steps
+// with backoff, compensates a failed saga in reverse order and publishes saga events to
+// <prefix>.saga.events. Any worker connected to any sidecar on the same database can
+// take any task. Calls that name a saga also name its tenant and see only its sagas.
 type SagaServiceClient interface {
+	// RegisterWorkflow stores a workflow definition (the guide's register_workflow). A
+	// changed definition becomes a new version; an identical one changes nothing.
+	// Running sagas keep the version they started with.
 	RegisterWorkflow(ctx context.Context, in *RegisterWorkflowRequest, opts ...grpc.CallOption) (*RegisterWorkflowResponse, error)
+	// StartSaga starts a saga of a workflow's latest version (the guide's
+	// start_workflow). It answers at once; the saga runs asynchronously.
 	StartSaga(ctx context.Context, in *StartSagaRequest, opts ...grpc.CallOption) (*StartSagaResponse, error)
+	// GetSaga answers a saga's state, steps and history (the guide's get_instance_state).
 	GetSaga(ctx context.Context, in *GetSagaRequest, opts ...grpc.CallOption) (*GetSagaResponse, error)
+	// ListSagas lists a tenant's sagas, newest first, in pages.
 	ListSagas(ctx context.Context, in *ListSagasRequest, opts ...grpc.CallOption) (*ListSagasResponse, error)
+	// CancelSaga stops a running saga and compensates what it did; it then ends
+	// CANCELLED (or FAILED if a compensation fails).
 	CancelSaga(ctx context.Context, in *CancelSagaRequest, opts ...grpc.CallOption) (*CancelSagaResponse, error)
-	// PollTasks streams step (and compensation) tasks to a worker.
+	// PollTasks streams step and compensation tasks to a worker, at most max_in_flight
+	// unanswered at a time. Answer each with CompleteTask or FailTask (through any
+	// sidecar on the same database).
 	PollTasks(ctx context.Context, in *PollTasksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PollTasksResponse], error)
+	// CompleteTask reports a task done, with the step's output.
 	CompleteTask(ctx context.Context, in *CompleteTaskRequest, opts ...grpc.CallOption) (*CompleteTaskResponse, error)
+	// FailTask reports a task failed.
 	FailTask(ctx context.Context, in *FailTaskRequest, opts ...grpc.CallOption) (*FailTaskResponse, error)
 }
 
@@ -148,17 +165,34 @@ func (c *sagaServiceClient) FailTask(ctx context.Context, in *FailTaskRequest, o
 // All implementations must embed UnimplementedSagaServiceServer
 // for forward compatibility.
 //
-// SagaService runs workflows (sagas) whose steps are executed by workers; failed
-// workflows are compensated in reverse order.
+// SagaService is the guide's workflow engine: workflows (sagas) whose steps are run by
+// workers, in the application, through leased tasks. The sidecar keeps every saga's
+// state in PostgreSQL, hands out tasks, enforces step timeouts, retries failed steps
+// with backoff, compensates a failed saga in reverse order and publishes saga events to
+// <prefix>.saga.events. Any worker connected to any sidecar on the same database can
+// take any task. Calls that name a saga also name its tenant and see only its sagas.
 type SagaServiceServer interface {
+	// RegisterWorkflow stores a workflow definition (the guide's register_workflow). A
+	// changed definition becomes a new version; an identical one changes nothing.
+	// Running sagas keep the version they started with.
 	RegisterWorkflow(context.Context, *RegisterWorkflowRequest) (*RegisterWorkflowResponse, error)
+	// StartSaga starts a saga of a workflow's latest version (the guide's
+	// start_workflow). It answers at once; the saga runs asynchronously.
 	StartSaga(context.Context, *StartSagaRequest) (*StartSagaResponse, error)
+	// GetSaga answers a saga's state, steps and history (the guide's get_instance_state).
 	GetSaga(context.Context, *GetSagaRequest) (*GetSagaResponse, error)
+	// ListSagas lists a tenant's sagas, newest first, in pages.
 	ListSagas(context.Context, *ListSagasRequest) (*ListSagasResponse, error)
+	// CancelSaga stops a running saga and compensates what it did; it then ends
+	// CANCELLED (or FAILED if a compensation fails).
 	CancelSaga(context.Context, *CancelSagaRequest) (*CancelSagaResponse, error)
-	// PollTasks streams step (and compensation) tasks to a worker.
+	// PollTasks streams step and compensation tasks to a worker, at most max_in_flight
+	// unanswered at a time. Answer each with CompleteTask or FailTask (through any
+	// sidecar on the same database).
 	PollTasks(*PollTasksRequest, grpc.ServerStreamingServer[PollTasksResponse]) error
+	// CompleteTask reports a task done, with the step's output.
 	CompleteTask(context.Context, *CompleteTaskRequest) (*CompleteTaskResponse, error)
+	// FailTask reports a task failed.
 	FailTask(context.Context, *FailTaskRequest) (*FailTaskResponse, error)
 	mustEmbedUnimplementedSagaServiceServer()
 }

@@ -1,0 +1,519 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/event"
+	"github.com/eventgw/eventgw/internal/saga"
+	"github.com/eventgw/eventgw/internal/store"
+	"github.com/eventgw/eventgw/internal/validate"
+)
+
+// Limits of SagaService requests.
+const (
+	defaultSagaPage     = 100
+	maxSagaPage         = 1000
+	maxIdempotencyKey   = 255
+	maxCancelReason     = 1024
+	maxWorkerID         = 255
+	maxPollNames        = 256
+	defaultTaskInFlight = 16
+	maxTaskInFlight     = 1000
+	maxTaskErrorType    = 100
+	maxTaskErrorMessage = 4096
+	defaultPollWorkerID = "worker"
+)
+
+// SagaService implements eventgw.v1.SagaService over the saga engine.
+type SagaService struct {
+	eventgwv1.UnimplementedSagaServiceServer
+	engine *saga.Engine
+}
+
+// NewSagaService builds the SagaService handlers.
+func NewSagaService(e *saga.Engine) *SagaService { return &SagaService{engine: e} }
+
+// sagaError maps the saga engine's errors to statuses, then hands the rest to
+// rewriteError.
+func sagaError(err error) error {
+	var ended *saga.EndedError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrTaskNotLeased):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, store.ErrSagaNotFound):
+		return status.Error(codes.NotFound, "saga not found")
+	case errors.Is(err, store.ErrWorkflowNotFound):
+		return status.Error(codes.NotFound, "workflow not registered: call RegisterWorkflow first")
+	case errors.As(err, &ended):
+		return status.Error(codes.FailedPrecondition, ended.Error())
+	case errors.Is(err, saga.ErrCompensating):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, saga.ErrIdempotencyKeyReused):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, saga.ErrShutdown):
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return rewriteError(err)
+}
+
+// RegisterWorkflow implements SagaService.RegisterWorkflow.
+func (s *SagaService) RegisterWorkflow(ctx context.Context, req *eventgwv1.RegisterWorkflowRequest) (*eventgwv1.RegisterWorkflowResponse, error) {
+	d, err := toDefinition(req.GetWorkflow())
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	v, created, err := s.engine.Register(ctx, d)
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	return &eventgwv1.RegisterWorkflowResponse{Version: v, Created: created}, nil
+}
+
+func toDefinition(w *eventgwv1.WorkflowDefinition) (*saga.Definition, error) {
+	if w == nil {
+		return nil, validate.Errorf("workflow", "is required")
+	}
+	d := &saga.Definition{
+		WorkflowID: w.GetWorkflowId(), Name: w.GetName(), Description: w.GetDescription(),
+		EnableCompensation: w.GetEnableCompensation(), Steps: make([]saga.Step, len(w.GetSteps())),
+	}
+	if len(d.Steps) > saga.MaxSteps {
+		return nil, validate.Errorf("workflow.steps", "has %d steps, over the limit of %d", len(d.Steps), saga.MaxSteps)
+	}
+	for i, st := range w.GetSteps() {
+		r := st.GetRetry()
+		var jitter *float64
+		if r != nil {
+			jitter = r.Jitter
+		}
+		d.Steps[i] = saga.Step{
+			ID: st.GetStepId(), Name: st.GetName(), Action: st.GetAction(), Compensation: st.GetCompensationAction(),
+			TimeoutSeconds: int(st.GetTimeoutSeconds()),
+			Retry: saga.RetryPolicy{
+				MaxAttempts: int(r.GetMaxAttempts()), InitialBackoffMS: int(r.GetInitialBackoffMs()),
+				Multiplier: r.GetBackoffMultiplier(), MaxBackoffMS: int(r.GetMaxBackoffMs()), Jitter: jitter,
+			},
+		}
+		if in := st.GetInput(); in != nil && len(in.GetFields()) > 0 {
+			b, err := event.AppendStructJSON(nil, in)
+			if err != nil {
+				return nil, validate.Errorf("workflow.steps["+strconv.Itoa(i)+"].input", "holds a NaN or infinite number, which JSON cannot represent")
+			}
+			d.Steps[i].Input = b
+		}
+	}
+	return d, nil
+}
+
+// StartSaga implements SagaService.StartSaga.
+func (s *SagaService) StartSaga(ctx context.Context, req *eventgwv1.StartSagaRequest) (*eventgwv1.StartSagaResponse, error) {
+	if err := validate.Name("workflow_id", req.GetWorkflowId(), saga.MaxIDLen, true); err != nil {
+		return nil, sagaError(err)
+	}
+	if err := validate.UUID("tenant_id", req.GetTenantId()); err != nil {
+		return nil, sagaError(err)
+	}
+	if err := checkChars("idempotency_key", req.GetIdempotencyKey(), maxIdempotencyKey, false); err != nil {
+		return nil, sagaError(err)
+	}
+	sctx, err := objectJSON("context", req.GetContext(), req.GetContextJson(), req.GetInitialContext() != nil)
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	sg, created, err := s.engine.Start(ctx, saga.StartRequest{
+		WorkflowID: req.GetWorkflowId(), TenantID: req.GetTenantId(), Context: sctx, IdempotencyKey: req.GetIdempotencyKey(),
+	})
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	out, err := s.toSaga(ctx, &sg, true)
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	return &eventgwv1.StartSagaResponse{Saga: out, Created: created}, nil
+}
+
+// objectJSON is a request's JSON object given as a Struct or as bytes ("{}" when set
+// is false).
+func objectJSON(field string, st *structpb.Struct, raw []byte, set bool) ([]byte, error) {
+	switch {
+	case !set:
+		return []byte("{}"), nil
+	case st != nil:
+		b, err := event.AppendStructJSON(make([]byte, 0, 256), st)
+		if err != nil {
+			return nil, validate.Errorf(field, "holds a NaN or infinite number, which JSON cannot represent")
+		}
+		return b, nil
+	case len(raw) > saga.MaxContextBytes:
+		return nil, validate.Errorf(field+"_json", "is %d bytes, over the limit of %d", len(raw), saga.MaxContextBytes)
+	case !event.IsJSONObject(raw):
+		return nil, validate.Errorf(field+"_json", "must be a JSON object")
+	}
+	return raw, nil
+}
+
+// GetSaga implements SagaService.GetSaga.
+func (s *SagaService) GetSaga(ctx context.Context, req *eventgwv1.GetSagaRequest) (*eventgwv1.GetSagaResponse, error) {
+	if err := checkTenantSaga(req.GetTenantId(), req.GetSagaId()); err != nil {
+		return nil, sagaError(err)
+	}
+	v, err := s.engine.Get(ctx, req.GetTenantId(), req.GetSagaId())
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	out, err := toSagaView(v)
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	return &eventgwv1.GetSagaResponse{Saga: out}, nil
+}
+
+func checkTenantSaga(tenant, id string) error {
+	if err := validate.UUID("tenant_id", tenant); err != nil {
+		return err
+	}
+	return validate.UUID("saga_id", id)
+}
+
+// ListSagas implements SagaService.ListSagas.
+func (s *SagaService) ListSagas(ctx context.Context, req *eventgwv1.ListSagasRequest) (*eventgwv1.ListSagasResponse, error) {
+	f, err := toSagaFilter(req)
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	rows, next, err := s.engine.List(ctx, f)
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	resp := &eventgwv1.ListSagasResponse{Sagas: make([]*eventgwv1.Saga, len(rows)), NextPageToken: next}
+	for i := range rows {
+		if resp.Sagas[i], err = s.toSaga(ctx, &rows[i], false); err != nil {
+			return nil, sagaError(err)
+		}
+	}
+	return resp, nil
+}
+
+func toSagaFilter(req *eventgwv1.ListSagasRequest) (store.SagaFilter, error) {
+	f := store.SagaFilter{TenantID: req.GetTenantId(), WorkflowID: req.GetWorkflowId(), PageSize: int(req.GetPageSize()), PageToken: req.GetPageToken()}
+	if err := validate.UUID("tenant_id", f.TenantID); err != nil {
+		return f, err
+	}
+	if err := validate.Name("workflow_id", f.WorkflowID, saga.MaxIDLen, false); err != nil {
+		return f, err
+	}
+	for i, st := range req.GetStates() {
+		name, ok := sagaStateNames[st]
+		if !ok {
+			return f, validate.Errorf("states["+strconv.Itoa(i)+"]", "must be a saga state such as SAGA_STATE_FAILED")
+		}
+		f.States = append(f.States, name)
+	}
+	switch {
+	case f.PageSize == 0:
+		f.PageSize = defaultSagaPage
+	case f.PageSize < 0 || f.PageSize > maxSagaPage:
+		return f, validate.Errorf("page_size", "must be between 1 and %d (0: %d)", maxSagaPage, defaultSagaPage)
+	}
+	if t := req.GetCreatedAfter(); t != nil {
+		if t.CheckValid() != nil {
+			return f, validate.Errorf("created_after", "is not a valid timestamp")
+		}
+		f.CreatedAfter = t.AsTime()
+	}
+	if t := req.GetCreatedBefore(); t != nil {
+		if t.CheckValid() != nil {
+			return f, validate.Errorf("created_before", "is not a valid timestamp")
+		}
+		f.CreatedBefore = t.AsTime()
+	}
+	if !f.CreatedAfter.IsZero() && !f.CreatedBefore.IsZero() && !f.CreatedAfter.Before(f.CreatedBefore) {
+		return f, validate.Errorf("created_before", "must be after created_after")
+	}
+	return f, nil
+}
+
+// CancelSaga implements SagaService.CancelSaga.
+func (s *SagaService) CancelSaga(ctx context.Context, req *eventgwv1.CancelSagaRequest) (*eventgwv1.CancelSagaResponse, error) {
+	if err := checkTenantSaga(req.GetTenantId(), req.GetSagaId()); err != nil {
+		return nil, sagaError(err)
+	}
+	if err := checkChars("reason", req.GetReason(), maxCancelReason, false); err != nil {
+		return nil, sagaError(err)
+	}
+	sg, err := s.engine.Cancel(ctx, req.GetTenantId(), req.GetSagaId(), req.GetReason())
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	out, err := s.toSaga(ctx, &sg, true)
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	return &eventgwv1.CancelSagaResponse{Saga: out}, nil
+}
+
+// PollTasks implements SagaService.PollTasks.
+func (s *SagaService) PollTasks(req *eventgwv1.PollTasksRequest, stream eventgwv1.SagaService_PollTasksServer) error {
+	pr, err := toPollRequest(req)
+	if err != nil {
+		return sagaError(err)
+	}
+	asJSON := req.GetPayloadAsJson()
+	err = s.engine.Poll(stream.Context(), pr, func(tasks []saga.Task) error {
+		resp := &eventgwv1.PollTasksResponse{Tasks: make([]*eventgwv1.Task, len(tasks))}
+		for i := range tasks {
+			t, err := toTask(&tasks[i], asJSON)
+			if err != nil {
+				return err
+			}
+			resp.Tasks[i] = t
+		}
+		return stream.Send(resp)
+	})
+	if errors.Is(err, context.Canceled) && stream.Context().Err() != nil {
+		return status.Error(codes.Canceled, "stream ended by the worker")
+	}
+	return sagaError(err)
+}
+
+func toPollRequest(req *eventgwv1.PollTasksRequest) (saga.PollRequest, error) {
+	pr := saga.PollRequest{
+		WorkerID: req.GetWorkerId(), Actions: req.GetActions(), Compensations: req.GetCompensations(),
+		MaxInFlight: int(req.GetMaxInFlight()),
+	}
+	if err := checkChars("worker_id", pr.WorkerID, maxWorkerID, false); err != nil {
+		return pr, err
+	}
+	if pr.WorkerID == "" {
+		pr.WorkerID = defaultPollWorkerID
+	}
+	n := len(pr.Actions) + len(pr.Compensations)
+	if n == 0 {
+		return pr, validate.Errorf("actions", "is empty: name at least one action or compensation this worker runs")
+	}
+	if n > maxPollNames {
+		return pr, validate.Errorf("actions", "with compensations names %d actions, over the limit of %d", n, maxPollNames)
+	}
+	for i, a := range pr.Actions {
+		if err := validate.Name("actions["+strconv.Itoa(i)+"]", a, saga.MaxIDLen, true); err != nil {
+			return pr, err
+		}
+	}
+	for i, c := range pr.Compensations {
+		if err := validate.Name("compensations["+strconv.Itoa(i)+"]", c, saga.MaxIDLen, true); err != nil {
+			return pr, err
+		}
+	}
+	switch {
+	case pr.MaxInFlight == 0:
+		pr.MaxInFlight = defaultTaskInFlight
+	case pr.MaxInFlight < 0 || pr.MaxInFlight > maxTaskInFlight:
+		return pr, validate.Errorf("max_in_flight", "must be between 1 and %d (0: %d)", maxTaskInFlight, defaultTaskInFlight)
+	}
+	return pr, nil
+}
+
+func toTask(t *saga.Task, asJSON bool) (*eventgwv1.Task, error) {
+	kind := eventgwv1.TaskKind_TASK_KIND_ACTION
+	if t.Kind == saga.KindCompensation {
+		kind = eventgwv1.TaskKind_TASK_KIND_COMPENSATION
+	}
+	out := &eventgwv1.Task{
+		TaskId: t.TaskID, SagaId: t.SagaID, TenantId: t.TenantID, StepId: t.StepID, Action: t.Action, Kind: kind,
+		Attempt: int32(t.Attempt), Deadline: timestamppb.New(t.Deadline), ReadyAt: timestamppb.New(t.ReadyAt),
+		WorkflowId: t.WorkflowID, WorkflowVersion: t.WorkflowVersion,
+	}
+	if asJSON {
+		out.ContextJson, out.InputJson = t.Context, t.Input
+		return out, nil
+	}
+	var err error
+	if out.Context, err = toStruct(t.Context); err != nil {
+		return nil, err
+	}
+	if out.Input, err = toStruct(t.Input); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func toStruct(b []byte) (*structpb.Struct, error) {
+	st := &structpb.Struct{}
+	if len(b) == 0 {
+		return st, nil
+	}
+	if err := st.UnmarshalJSON(b); err != nil {
+		// Not wrapped: the decoder's message may quote the data.
+		return nil, errors.New("stored saga JSON is not an object")
+	}
+	return st, nil
+}
+
+// CompleteTask implements SagaService.CompleteTask.
+func (s *SagaService) CompleteTask(ctx context.Context, req *eventgwv1.CompleteTaskRequest) (*eventgwv1.CompleteTaskResponse, error) {
+	if err := validate.UUID("task_id", req.GetTaskId()); err != nil {
+		return nil, sagaError(err)
+	}
+	out, err := objectJSON("output", req.GetOutput(), req.GetOutputJson(), req.GetResult() != nil)
+	if err != nil {
+		return nil, sagaError(err)
+	}
+	if err := s.engine.Complete(ctx, req.GetTaskId(), out); err != nil {
+		return nil, sagaError(err)
+	}
+	return &eventgwv1.CompleteTaskResponse{}, nil
+}
+
+// FailTask implements SagaService.FailTask.
+func (s *SagaService) FailTask(ctx context.Context, req *eventgwv1.FailTaskRequest) (*eventgwv1.FailTaskResponse, error) {
+	if err := validate.UUID("task_id", req.GetTaskId()); err != nil {
+		return nil, sagaError(err)
+	}
+	if req.GetErrorType() == "" {
+		return nil, sagaError(validate.Errorf("error_type", "is required (such as the exception's class name)"))
+	}
+	if err := validate.Name("error_type", req.GetErrorType(), maxTaskErrorType, true); err != nil {
+		return nil, sagaError(err)
+	}
+	if err := checkChars("error_message", req.GetErrorMessage(), maxTaskErrorMessage, true); err != nil {
+		return nil, sagaError(err)
+	}
+	if err := s.engine.Fail(ctx, req.GetTaskId(), req.GetErrorType(), req.GetErrorMessage(), req.GetNonRetryable()); err != nil {
+		return nil, sagaError(err)
+	}
+	return &eventgwv1.FailTaskResponse{}, nil
+}
+
+var sagaStates = map[string]eventgwv1.SagaState{
+	saga.StateRunning: eventgwv1.SagaState_SAGA_STATE_RUNNING, saga.StateCompleted: eventgwv1.SagaState_SAGA_STATE_COMPLETED,
+	saga.StateCompensating: eventgwv1.SagaState_SAGA_STATE_COMPENSATING, saga.StateCompensated: eventgwv1.SagaState_SAGA_STATE_COMPENSATED,
+	saga.StateFailed: eventgwv1.SagaState_SAGA_STATE_FAILED, saga.StateCancelled: eventgwv1.SagaState_SAGA_STATE_CANCELLED,
+}
+
+var sagaStateNames = func() map[eventgwv1.SagaState]string {
+	m := make(map[eventgwv1.SagaState]string, len(sagaStates))
+	for k, v := range sagaStates {
+		m[v] = k
+	}
+	return m
+}()
+
+var stepStatuses = map[string]eventgwv1.StepStatus{
+	saga.StepPending: eventgwv1.StepStatus_STEP_STATUS_PENDING, saga.StepRunning: eventgwv1.StepStatus_STEP_STATUS_RUNNING,
+	saga.StepCompleted: eventgwv1.StepStatus_STEP_STATUS_COMPLETED, saga.StepFailed: eventgwv1.StepStatus_STEP_STATUS_FAILED,
+	saga.StepCompensating: eventgwv1.StepStatus_STEP_STATUS_COMPENSATING, saga.StepCompensated: eventgwv1.StepStatus_STEP_STATUS_COMPENSATED,
+	saga.StepCompensationFailed: eventgwv1.StepStatus_STEP_STATUS_COMPENSATION_FAILED, saga.StepSkipped: eventgwv1.StepStatus_STEP_STATUS_SKIPPED,
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// toSaga is a saga's row as a message (withContext: with its context).
+func (s *SagaService) toSaga(ctx context.Context, sg *store.SagaRow, withContext bool) (*eventgwv1.Saga, error) {
+	out := &eventgwv1.Saga{
+		SagaId: sg.ID, WorkflowId: sg.WorkflowID, TenantId: sg.TenantID, WorkflowVersion: sg.WorkflowVersion,
+		SagaState: sagaStates[sg.State], CreatedAt: ts(sg.CreatedAt), UpdatedAt: ts(sg.UpdatedAt), EndedAt: ts(sg.EndedAt),
+		ErrorType: sg.ErrorType, ErrorMessage: sg.ErrorMessage, CancelRequested: sg.CancelRequested,
+		IdempotencyKey: sg.IdempotencyKey,
+	}
+	if !saga.Ended(sg.State) {
+		out.CurrentStep = s.engine.StepID(ctx, sg, sg.CurrentStep)
+	}
+	if sg.FailedStep >= 0 {
+		out.FailedStep = s.engine.StepID(ctx, sg, sg.FailedStep)
+	}
+	if withContext {
+		var err error
+		if out.Context, err = toStruct(sg.Context); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func toSagaView(v *saga.View) (*eventgwv1.Saga, error) {
+	sg := &v.Saga
+	stepID := func(i int) string {
+		if i < 0 || i >= len(v.Def.Steps) {
+			return ""
+		}
+		return v.Def.Steps[i].ID
+	}
+	out := &eventgwv1.Saga{
+		SagaId: sg.ID, WorkflowId: sg.WorkflowID, TenantId: sg.TenantID, WorkflowVersion: sg.WorkflowVersion,
+		SagaState: sagaStates[sg.State], CreatedAt: ts(sg.CreatedAt), UpdatedAt: ts(sg.UpdatedAt), EndedAt: ts(sg.EndedAt),
+		ErrorType: sg.ErrorType, ErrorMessage: sg.ErrorMessage, CancelRequested: sg.CancelRequested,
+		IdempotencyKey: sg.IdempotencyKey, FailedStep: stepID(sg.FailedStep),
+	}
+	if !saga.Ended(sg.State) {
+		out.CurrentStep = stepID(sg.CurrentStep)
+	}
+	var err error
+	if out.Context, err = toStruct(sg.Context); err != nil {
+		return nil, err
+	}
+	rows := make(map[int]*store.SagaStepRow, len(v.Steps))
+	for i := range v.Steps {
+		rows[v.Steps[i].Index] = &v.Steps[i]
+	}
+	for i := range v.Def.Steps {
+		d := &v.Def.Steps[i]
+		st := &eventgwv1.SagaStep{
+			StepId: d.ID, Name: d.Name, Action: d.Action, CompensationAction: d.Compensation,
+			Status: eventgwv1.StepStatus_STEP_STATUS_PENDING,
+		}
+		if r := rows[i]; r != nil {
+			st.Status = stepStatuses[r.Status]
+			st.Attempts, st.CompensationAttempts = int32(r.Attempt), int32(r.CompAttempt)
+			st.ScheduledAt, st.StartedAt, st.FinishedAt = ts(r.ScheduledAt), ts(r.StartedAt), ts(r.FinishedAt)
+			st.CompensationScheduledAt, st.CompensatedAt = ts(r.CompScheduledAt), ts(r.CompensatedAt)
+			st.ErrorType, st.ErrorMessage = r.ErrorType, r.ErrorMessage
+			switch r.TaskState {
+			case store.TaskLeased:
+				st.WorkerId, st.Deadline = r.WorkerID, ts(r.Deadline)
+			case store.TaskReady:
+				if (r.TaskKind == saga.KindAction && r.Attempt > 1) || (r.TaskKind == saga.KindCompensation && r.CompAttempt > 1) {
+					st.NextAttemptAt = ts(r.ReadyAt)
+				}
+			}
+			if r.Output != nil {
+				if st.Output, err = toStruct(r.Output); err != nil {
+					return nil, err
+				}
+			}
+		}
+		out.Steps = append(out.Steps, st)
+	}
+	for _, h := range v.History {
+		d := saga.ParseHistory(h)
+		kind := eventgwv1.TaskKind_TASK_KIND_UNSPECIFIED
+		switch d.Kind {
+		case "action":
+			kind = eventgwv1.TaskKind_TASK_KIND_ACTION
+		case "compensation":
+			kind = eventgwv1.TaskKind_TASK_KIND_COMPENSATION
+		}
+		out.History = append(out.History, &eventgwv1.SagaHistoryEntry{
+			Sequence: h.Sequence, EventType: h.Type, Time: ts(h.OccurredAt), StepId: d.StepID, Kind: kind,
+			Attempt: int32(d.Attempt), ErrorType: d.ErrorType, ErrorMessage: d.ErrorMessage, WillRetry: d.WillRetry,
+			State: sagaStates[d.State], EventId: h.ID,
+		})
+	}
+	return out, nil
+}
