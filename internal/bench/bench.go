@@ -92,7 +92,7 @@ func Main(args []string, out io.Writer) int {
 	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "how long each scenario runs")
 	fs.StringVar(&o.Sizes, "sizes", "200,1024", "payload sizes in bytes, comma-separated")
 	fs.StringVar(&o.Only, "only", "", "run only scenarios whose name contains this")
-	fs.StringVar(&o.Suite, "suite", "all", "which suite: publish, store, subscribe or all")
+	fs.StringVar(&o.Suite, "suite", "all", "which suite: publish, store, subscribe, fallback or all")
 	fs.BoolVar(&o.Unix, "unix", false, "reach the sidecar over a unix socket instead of 127.0.0.1 TCP")
 	fs.IntVar(&o.AggregateEvents, "aggregate-events", 10000, "events of the aggregates LoadAggregate is measured on (a multiple of 100)")
 	fs.IntVar(&o.ReplayEvents, "replay-events", 100000, "events of the tenant ReplayEvents is measured on (a multiple of 100)")
@@ -106,8 +106,8 @@ func Main(args []string, out io.Writer) int {
 		fmt.Fprintln(os.Stderr, "bench: --aggregate-events and --replay-events must be multiples of 100")
 		return 2
 	}
-	if o.Suite != "all" && o.Suite != "publish" && o.Suite != "store" && o.Suite != "subscribe" {
-		fmt.Fprintln(os.Stderr, "bench: --suite must be publish, store, subscribe or all")
+	if o.Suite != "all" && o.Suite != "publish" && o.Suite != "store" && o.Suite != "subscribe" && o.Suite != "fallback" {
+		fmt.Fprintln(os.Stderr, "bench: --suite must be publish, store, subscribe, fallback or all")
 		return 2
 	}
 	if o.CPUProfile != "" {
@@ -287,6 +287,20 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 			return nil, err
 		}
 		reportSubscribe(out, rs, subCap(o.Duration), cmp.Or(max(o.SubscribeKeys, 0), len(tenants)))
+		for _, r := range rs {
+			results = append(results, r.Result)
+		}
+	}
+	// Last: it takes Kafka down and leaves the queue empty when it is done.
+	if o.Suite == "fallback" || o.Suite == "all" {
+		if len(results) > 0 {
+			fmt.Fprintln(out)
+		}
+		rs, err := e.fallbackSuite(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		reportFallback(out, rs)
 		for _, r := range rs {
 			results = append(results, r.Result)
 		}

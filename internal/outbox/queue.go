@@ -12,7 +12,7 @@ import (
 )
 
 // queueBatch is how many queued publishes one round sends.
-const queueBatch = 2000
+const queueBatch = 4000
 
 // queueMetrics describe the publish fallback's queue as the relay drains it.
 type queueMetrics struct {
@@ -33,14 +33,84 @@ func newQueueMetrics(reg prometheus.Registerer) queueMetrics {
 	return m
 }
 
-// drainQueue publishes up to queueBatch queued publishes in position order and deletes
-// those acknowledged: the longest acknowledged prefix, so that a failure resends what
-// follows it (per partition key nothing overtakes an earlier event).
+// drainQueue publishes queued publishes in position order, queueBatch at a time, until
+// none is left, and deletes those acknowledged: of each batch the longest acknowledged
+// prefix, so that a failure resends what follows it (per partition key nothing
+// overtakes an earlier event). Reading the next batch, waiting for Kafka's
+// acknowledgements and deleting the previous batch overlap.
+//
+// Within one round the batches are read after a cursor: a row committed late below it
+// (by another sidecar's writer; a sidecar commits its own rows in position order) is
+// picked up by the next round, which starts from the beginning again.
 func (r *Relay) drainQueue(ctx context.Context) (int, error) {
-	recs, err := store.ReadQueued(ctx, r.pool, queueBatch)
-	if err != nil || len(recs) == 0 {
-		return 0, err
+	type read struct {
+		recs []store.QueuedRecord
+		err  error
 	}
+	fetch := func(after int64) chan read {
+		ch := make(chan read, 1)
+		go func() {
+			recs, err := store.ReadQueuedAfter(ctx, r.pool, after, queueBatch)
+			ch <- read{recs, err}
+		}()
+		return ch
+	}
+	deletes := make(chan []int64, 2)
+	deleted := make(chan error, 1)
+	go func() {
+		var first error
+		for positions := range deletes {
+			if first != nil {
+				continue
+			}
+			if err := store.DeleteQueued(ctx, r.pool, positions); err != nil {
+				first = err
+			}
+		}
+		deleted <- first
+	}()
+	finish := func(n int, err error) (int, error) {
+		close(deletes)
+		if derr := <-deleted; derr != nil && err == nil {
+			err = derr
+		}
+		return n, err
+	}
+	total := 0
+	next := fetch(0)
+	for {
+		got := <-next
+		if got.err != nil || len(got.recs) == 0 {
+			return finish(total, got.err)
+		}
+		recs := got.recs
+		if len(recs) == queueBatch {
+			next = fetch(recs[len(recs)-1].Position)
+		} else {
+			next = nil
+		}
+		n, err := r.publishQueued(ctx, recs)
+		if n > 0 {
+			positions := make([]int64, n)
+			for i := range positions {
+				positions[i] = recs[i].Position
+			}
+			deletes <- positions
+			total += n
+			r.queue.published.Add(float64(n))
+		}
+		if err != nil || next == nil {
+			if next != nil {
+				<-next
+			}
+			return finish(total, err)
+		}
+	}
+}
+
+// publishQueued sends recs in order and answers how many, from the first, Kafka
+// acknowledged, and the first failure.
+func (r *Relay) publishQueued(ctx context.Context, recs []store.QueuedRecord) (int, error) {
 	now := time.Now()
 	evs := make([]event.Event, len(recs))
 	msgs := make([]*sarama.ProducerMessage, len(recs))
@@ -73,14 +143,6 @@ func (r *Relay) drainQueue(ctx context.Context) (int, error) {
 	for n < len(outs) && outs[n].Err == nil {
 		n++
 	}
-	positions := make([]int64, n)
-	for i := range positions {
-		positions[i] = recs[i].Position
-	}
-	if err := store.DeleteQueued(ctx, r.pool, positions); err != nil {
-		return 0, err
-	}
-	r.queue.published.Add(float64(n))
 	if n < len(outs) {
 		return n, outs[n].Err
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/eventgw/eventgw/internal/resilience"
 )
 
 // QueuedRecord is a Kafka record kept in publish_queue while Kafka is unreachable.
@@ -31,12 +33,13 @@ type QueuedRecord struct {
 // positioned in the order they were accepted, and a caller returns only once its rows
 // are committed.
 type PublishQueue struct {
-	pool   *pgxpool.Pool
-	origin string
-	reqs   chan *enqueueReq
-	stop   chan struct{}
-	done   chan struct{}
-	closed sync.Once
+	pool    *pgxpool.Pool
+	breaker *resilience.Breaker
+	origin  string
+	reqs    chan *enqueueReq
+	stop    chan struct{}
+	done    chan struct{}
+	closed  sync.Once
 }
 
 type enqueueReq struct {
@@ -50,8 +53,8 @@ const maxQueueRows = 8192
 
 // NewPublishQueue builds the queue of this process; origin names it (rows it queued
 // carry it, see PendingSince).
-func NewPublishQueue(pool *pgxpool.Pool, origin string) *PublishQueue {
-	q := &PublishQueue{pool: pool, origin: origin, reqs: make(chan *enqueueReq, 1024),
+func NewPublishQueue(pool *pgxpool.Pool, origin string, opts ...Option) *PublishQueue {
+	q := &PublishQueue{pool: pool, breaker: buildOptions(opts).breaker, origin: origin, reqs: make(chan *enqueueReq, 1024),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	go q.writer()
 	return q
@@ -162,13 +165,13 @@ func (q *PublishQueue) writer() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		_, err := q.pool.CopyFrom(ctx, pgx.Identifier{"publish_queue"},
-			[]string{"origin", "event_id", "event_type", "source", "topic", "record_key", "record_value", "record_headers"},
-			pgx.CopyFromRows(rows))
+		err := Do(ctx, q.breaker, ReadWrite, "queue events in postgres", func(ctx context.Context) error {
+			_, err := q.pool.CopyFrom(ctx, pgx.Identifier{"publish_queue"},
+				[]string{"origin", "event_id", "event_type", "source", "topic", "record_key", "record_value", "record_headers"},
+				pgx.CopyFromRows(rows))
+			return err
+		})
 		cancel()
-		if err != nil {
-			err = fmt.Errorf("queue events in postgres: %w", err)
-		}
 		for _, r := range live {
 			r.err <- err
 		}
@@ -225,10 +228,19 @@ func DecodeHeaders(b []byte) ([]RecordHeader, error) {
 	return hs, nil
 }
 
-// ReadQueued reads up to limit queued records in position order.
-func ReadQueued(ctx context.Context, pool *pgxpool.Pool, limit int) ([]QueuedRecord, error) {
+// ReadQueuedAfter reads up to limit queued records after position after, in position
+// order.
+func ReadQueuedAfter(ctx context.Context, pool *pgxpool.Pool, after int64, limit int) (out []QueuedRecord, err error) {
+	err = Do(ctx, nil, ReadOnly, "read publish queue", func(ctx context.Context) error {
+		out, err = readQueued(ctx, pool, after, limit)
+		return err
+	})
+	return out, err
+}
+
+func readQueued(ctx context.Context, pool *pgxpool.Pool, after int64, limit int) ([]QueuedRecord, error) {
 	rows, err := pool.Query(ctx, `SELECT position, event_id, event_type, source, topic, record_key, record_value, record_headers, queued_at
-		FROM publish_queue ORDER BY position LIMIT $1`, limit)
+		FROM publish_queue WHERE position > $1 ORDER BY position LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read publish queue: %w", err)
 	}
@@ -258,39 +270,39 @@ func DeleteQueued(ctx context.Context, pool *pgxpool.Pool, positions []int64) er
 	if len(positions) == 0 {
 		return nil
 	}
-	if _, err := pool.Exec(ctx, `DELETE FROM publish_queue WHERE position = ANY($1)`, positions); err != nil {
-		return fmt.Errorf("delete published queue rows: %w", err)
-	}
-	return nil
+	return Do(ctx, nil, ReadWrite, "delete published queue rows", func(ctx context.Context) error {
+		_, err := pool.Exec(ctx, `DELETE FROM publish_queue WHERE position = ANY($1)`, positions)
+		return err
+	})
 }
 
 // MaxQueuedPosition is the highest position in publish_queue (0 when empty).
 func MaxQueuedPosition(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 	var top int64
-	if err := pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM publish_queue`).Scan(&top); err != nil {
-		return 0, fmt.Errorf("read publish queue: %w", err)
-	}
-	return top, nil
+	err := Do(ctx, nil, ReadOnly, "read publish queue", func(ctx context.Context) error {
+		return pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM publish_queue`).Scan(&top)
+	})
+	return top, err
 }
 
 // PendingSince reports whether rows of origin, or rows at or below upTo (rows queued
 // before this process started), are still queued.
 func (q *PublishQueue) PendingSince(ctx context.Context, upTo int64) (bool, error) {
 	var any bool
-	err := q.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM publish_queue WHERE origin = $1)
-		OR EXISTS (SELECT 1 FROM publish_queue WHERE position <= $2)`, q.origin, upTo).Scan(&any)
-	if err != nil {
-		return false, fmt.Errorf("read publish queue: %w", err)
-	}
-	return any, nil
+	err := Do(ctx, q.breaker, ReadOnly, "read publish queue", func(ctx context.Context) error {
+		return q.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM publish_queue WHERE origin = $1)
+			OR EXISTS (SELECT 1 FROM publish_queue WHERE position <= $2)`, q.origin, upTo).Scan(&any)
+	})
+	return any, err
 }
 
 // QueueBacklog is the number of queued records and the age of the oldest.
 func QueueBacklog(ctx context.Context, pool *pgxpool.Pool) (n int64, oldest time.Duration, err error) {
 	var at *time.Time
-	err = pool.QueryRow(ctx, `SELECT count(*), min(queued_at) FROM publish_queue`).Scan(&n, &at)
-	if err != nil {
-		return 0, 0, fmt.Errorf("read publish queue: %w", err)
+	if err = Do(ctx, nil, ReadOnly, "read publish queue", func(ctx context.Context) error {
+		return pool.QueryRow(ctx, `SELECT count(*), min(queued_at) FROM publish_queue`).Scan(&n, &at)
+	}); err != nil {
+		return 0, 0, err
 	}
 	if at != nil {
 		oldest = time.Since(*at)
