@@ -246,8 +246,8 @@ func (r *Relay) electOnce(ctx context.Context) error {
 	}
 }
 
-// leaseLeft is how long this relay may still publish.
-func (r *Relay) leaseLeft() time.Duration {
+// LeaseLeft is how long this relay may still publish (0 or less: it may not).
+func (r *Relay) LeaseLeft() time.Duration {
 	if !r.owner.Load() {
 		return 0
 	}
@@ -257,7 +257,7 @@ func (r *Relay) leaseLeft() time.Duration {
 // batchContext bounds one publish batch by the lease; ok is false when too little of
 // it is left to start one.
 func (r *Relay) batchContext(ctx context.Context) (context.Context, context.CancelFunc, bool) {
-	left := r.leaseLeft()
+	left := r.LeaseLeft()
 	if left < leaseMinLeft {
 		return nil, nil, false
 	}
