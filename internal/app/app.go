@@ -64,6 +64,8 @@ type App struct {
 	httpSrv     *http.Server
 	grpcLis     net.Listener
 	httpLis     net.Listener
+	pprofSrv    *http.Server
+	pprofLis    net.Listener
 	brokers     []string
 	registry    string
 	databaseURL string
@@ -237,7 +239,22 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		return nil, err
 	}
 	a.closer.push(func() error { _ = a.httpLis.Close(); return nil })
+	if cfg.PprofAddr != "" {
+		if a.pprofLis, err = listen(cfg.PprofAddr); err != nil {
+			return nil, err
+		}
+		a.pprofSrv = newPprofServer()
+		a.closer.push(func() error { return a.pprofSrv.Close() })
+	}
 	return a, nil
+}
+
+// PprofAddr is where profiles are served ("" without --pprof-addr).
+func (a *App) PprofAddr() string {
+	if a.pprofLis == nil {
+		return ""
+	}
+	return a.pprofLis.Addr().String()
 }
 
 func listen(addr string) (net.Listener, error) {
@@ -278,6 +295,9 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	if a.pprofSrv != nil {
+		go func() { _ = a.pprofSrv.Serve(a.pprofLis) }()
+	}
 	// The outbox relay and the snapshotter outlive the gRPC server a little: they stop
 	// after it, before the producer they publish through is closed.
 	bgCtx, bgStop := context.WithCancel(context.Background())

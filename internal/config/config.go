@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/url"
 	"sort"
 	"strconv"
@@ -19,8 +20,10 @@ import (
 
 // Config is everything `eventgw serve` can be told.
 type Config struct {
-	GRPCAddr  string
-	HTTPAddr  string
+	GRPCAddr string
+	HTTPAddr string
+	// PprofAddr, when set, serves net/http/pprof there (loopback only).
+	PprofAddr string
 	LogFormat string
 	LogLevel  string
 
@@ -68,6 +71,7 @@ type Config struct {
 func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", "127.0.0.1:50051", "gRPC listen address: host:port, or unix:///path/to.sock")
 	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:9090", "HTTP listen address for /metrics, /healthz, /readyz")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go's net/http/pprof profiles on this loopback address, such as 127.0.0.1:6060 (off when empty)")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or console")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 
@@ -136,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.DevPorts(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.PprofAddr != "" && !isLoopback(c.PprofAddr) {
+		errs = append(errs, fmt.Errorf("--pprof-addr must be a loopback address (127.0.0.1:<port>, [::1]:<port> or localhost:<port>): profiles show the process's memory"))
 	}
 	if err := c.BreakerSettings().Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("--breaker-*: %w", err))
@@ -265,4 +272,17 @@ func (c *Config) BreakerSettings() resilience.Settings {
 		FailureThreshold: c.BreakerFailureThreshold, SuccessThreshold: c.BreakerSuccessThreshold,
 		Timeout: c.BreakerTimeout, HalfOpenMaxRequests: c.BreakerHalfOpenMaxRequests,
 	}
+}
+
+// isLoopback reports whether addr is host:port with a loopback host.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

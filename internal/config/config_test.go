@@ -46,3 +46,27 @@ func TestRedact(t *testing.T) {
 		}
 	}
 }
+
+func TestPprofAndBreakerSettingsValidated(t *testing.T) {
+	var c Config
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	c.Register(fs)
+	if err := Parse(fs, []string{"--dev"}); err != nil {
+		t.Fatal(err)
+	}
+	for addr, ok := range map[string]bool{
+		"127.0.0.1:6060": true, "localhost:6060": true, "[::1]:6060": true,
+		"0.0.0.0:6060": false, ":6060": false, "10.0.0.5:6060": false, "nonsense": false,
+	} {
+		c.PprofAddr = addr
+		err := c.Validate()
+		if (err == nil) != ok {
+			t.Errorf("--pprof-addr %q: %v", addr, err)
+		}
+	}
+	c.PprofAddr = ""
+	c.BreakerHalfOpenMaxRequests = 1
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--breaker-") {
+		t.Errorf("half-open max requests below the success threshold accepted: %v", err)
+	}
+}
