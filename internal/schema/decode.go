@@ -8,6 +8,7 @@ import (
 	"math"
 
 	"github.com/hamba/avro/v2"
+	"github.com/riferrei/srclient"
 )
 
 // ErrNotAvro: a value that does not start with the Confluent wire-format header.
@@ -27,7 +28,7 @@ func IsWireFormat(value []byte) bool { return len(value) >= 5 && value[0] == 0 }
 
 // DecodeJSON decodes a Confluent-framed Avro value into the JSON object it was
 // published from. Schemas this sidecar has not seen are fetched from the registry by
-// id once and kept; an unreachable registry answers ErrUnavailable (retry later).
+// id once and kept; an unreachable registry answers an *UnavailableError (retry later).
 func (r *Registry) DecodeJSON(ctx context.Context, value []byte) ([]byte, error) {
 	if !IsWireFormat(value) {
 		return nil, ErrNotAvro
@@ -55,36 +56,25 @@ func (r *Registry) byIDOrFetch(ctx context.Context, id int) (avro.Schema, error)
 	if s != nil {
 		return s, nil
 	}
-	type fetched struct {
-		s   avro.Schema
-		err error
-	}
-	ch := make(chan fetched, 1)
-	go func() { // srclient takes no context: do not hold the caller past its own
-		rs, err := r.client.GetSchema(id)
+	var text string
+	if err := r.call(ctx, fmt.Sprintf("fetch schema %d", id), func(c *srclient.SchemaRegistryClient) error {
+		rs, err := c.GetSchema(id)
 		if err != nil {
-			ch <- fetched{err: r.registryErr(err)}
-			return
+			return err
 		}
-		parsed, err := avro.Parse(rs.Schema())
-		if err != nil {
-			ch <- fetched{err: &UndecodableError{SchemaID: id}}
-			return
-		}
-		ch <- fetched{s: parsed}
-	}()
-	select {
-	case f := <-ch:
-		if f.err != nil {
-			return nil, f.err
-		}
-		r.mu.Lock()
-		r.byID[id] = f.s
-		r.mu.Unlock()
-		return f.s, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+		text = rs.Schema()
+		return nil
+	}); err != nil {
+		return nil, err
 	}
+	parsed, err := avro.Parse(text)
+	if err != nil {
+		return nil, &UndecodableError{SchemaID: id}
+	}
+	r.mu.Lock()
+	r.byID[id] = parsed
+	r.mu.Unlock()
+	return parsed, nil
 }
 
 // jsonValue turns hamba/avro's generic decoding of schema s back into the JSON shape

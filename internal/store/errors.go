@@ -39,3 +39,66 @@ type TypeMismatchError struct{ Stored string }
 func (e *TypeMismatchError) Error() string {
 	return fmt.Sprintf("aggregate_type: the aggregate is a %q", e.Stored)
 }
+
+// UnavailableError says PostgreSQL could not be reached, went away mid-call, is shutting
+// down or starting up, or the postgres breaker refused the call. It is retriable.
+type UnavailableError struct {
+	// Op names the store call ("append", "list failed events").
+	Op string
+	// OutcomeUnknown: a write was cut off after its statement may have reached
+	// PostgreSQL, so it may have committed. Appends, failed-event inserts and schema
+	// saves are idempotent on their ids: retried with the same ids, they are answered
+	// as the first call was.
+	OutcomeUnknown bool
+
+	reason string // what failed, without data: a SQLSTATE and message, or a network error
+	open   error  // the breaker's *resilience.OpenError, when it refused the call
+}
+
+func (e *UnavailableError) Error() string {
+	if e.open != nil {
+		return e.Op + ": " + e.open.Error()
+	}
+	s := "postgres unavailable (" + e.Op + "): " + e.reason
+	if e.OutcomeUnknown {
+		s += " (the write may have committed)"
+	}
+	return s
+}
+
+// Unwrap answers the breaker's *resilience.OpenError when the breaker refused the call;
+// never a driver error (nothing above this package sees pgx types).
+func (e *UnavailableError) Unwrap() error   { return e.open }
+func (e *UnavailableError) Retriable() bool { return true }
+
+// ConcurrencyError says PostgreSQL aborted the call's transaction to resolve a conflict
+// with a concurrent one (serialization failure 40001, deadlock 40P01). Nothing was
+// written; it is retriable.
+type ConcurrencyError struct {
+	Op   string
+	Code string // the SQLSTATE
+}
+
+func (e *ConcurrencyError) Error() string {
+	return e.Op + ": postgres " + e.Code + ": the transaction was aborted by a concurrent one; retry"
+}
+func (e *ConcurrencyError) Retriable() bool { return true }
+
+// DBError is a PostgreSQL error that no class of this package covers: a bug, or a
+// database that is not as the migrations left it. Its text is what may be logged of a
+// PostgreSQL error: SQLSTATE, message and constraint, never DETAIL or WHERE, which can
+// quote row values (health data).
+type DBError struct {
+	Op         string
+	Code       string
+	Message    string
+	Constraint string
+}
+
+func (e *DBError) Error() string {
+	s := e.Op + ": postgres " + e.Code + ": " + e.Message
+	if e.Constraint != "" {
+		s += " (constraint " + e.Constraint + ")"
+	}
+	return s
+}

@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/eventgw/eventgw/internal/resilience"
 )
 
 // Expected-version forms of an append.
@@ -65,11 +67,14 @@ type StoredEvent struct {
 
 // Events is the event store on PostgreSQL.
 type Events struct {
-	pool *pgxpool.Pool
+	pool    *pgxpool.Pool
+	breaker *resilience.Breaker
 }
 
 // NewEvents uses pool.
-func NewEvents(pool *pgxpool.Pool) *Events { return &Events{pool: pool} }
+func NewEvents(pool *pgxpool.Pool, opts ...Option) *Events {
+	return &Events{pool: pool, breaker: buildOptions(opts).breaker}
+}
 
 // appendSQL appends in one statement (one round trip, its own transaction): it reads the
 // aggregate's latest event (owner, type, version), and inserts the events only when the
@@ -132,7 +137,15 @@ func eventIDs(req *AppendRequest) []string {
 // Append appends req's events atomically with consecutive versions, in a statement and
 // transaction of its own. The rows are the outbox: the relay publishes them once
 // committed.
-func (s *Events) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
+func (s *Events) Append(ctx context.Context, req AppendRequest) (res AppendResult, err error) {
+	err = Do(ctx, s.breaker, ReadWrite, "append", func(ctx context.Context) error {
+		res, err = s.append(ctx, req)
+		return err
+	})
+	return res, err
+}
+
+func (s *Events) append(ctx context.Context, req AppendRequest) (AppendResult, error) {
 	n := len(req.Events)
 	ids := eventIDs(&req)
 	types := make([]string, n)
@@ -209,6 +222,31 @@ SELECT chk.ai, chk.v, chk.t, chk.typ,
 // append gets its own outcome. When the statement fails as a whole (a unique violation:
 // a re-sent event id, or a race with another sidecar), every append runs again alone.
 func (s *Events) AppendMany(ctx context.Context, reqs []*AppendRequest) ([]AppendResult, []error) {
+	var results []AppendResult
+	var errs []error
+	err := Do(ctx, s.breaker, ReadWrite, "append", func(ctx context.Context) error {
+		results, errs = s.appendMany(ctx, reqs)
+		for _, err := range errs {
+			if err != nil {
+				return err // for the breaker: the first failure says how PostgreSQL is
+			}
+		}
+		return nil
+	})
+	if errs == nil { // refused by the breaker
+		results, errs = make([]AppendResult, len(reqs)), make([]error, len(reqs))
+		for i := range errs {
+			errs[i] = err
+		}
+		return results, errs
+	}
+	for i := range errs {
+		errs[i] = classify(ctx, ReadWrite, "append", errs[i])
+	}
+	return results, errs
+}
+
+func (s *Events) appendMany(ctx context.Context, reqs []*AppendRequest) ([]AppendResult, []error) {
 	results := make([]AppendResult, len(reqs))
 	errs := make([]error, len(reqs))
 	var (
@@ -267,7 +305,7 @@ func (s *Events) AppendMany(ctx context.Context, reqs []*AppendRequest) ([]Appen
 			return results, errs
 		}
 		for i, r := range reqs {
-			results[i], errs[i] = s.Append(ctx, *r)
+			results[i], errs[i] = s.append(ctx, *r)
 		}
 		return results, errs
 	}
@@ -346,7 +384,10 @@ func scanEvent(rows pgx.Rows, e *StoredEvent) error {
 // ReadAggregate calls fn with pages of the aggregate's events from version from on, in
 // version order. It answers ErrNotFound when the tenant has no such aggregate.
 func (s *Events) ReadAggregate(ctx context.Context, tenantID, aggregateID string, from int64, page int, fn func([]StoredEvent) error) error {
-	if _, _, err := s.aggregate(ctx, tenantID, aggregateID); err != nil {
+	if err := Do(ctx, s.breaker, ReadOnly, "read aggregate", func(ctx context.Context) error {
+		_, _, err := s.aggregate(ctx, tenantID, aggregateID)
+		return err
+	}); err != nil {
 		return err
 	}
 	if from < 1 {
@@ -383,7 +424,17 @@ func paged(next func(prev []StoredEvent) ([]StoredEvent, int64, error), fn func(
 	}
 }
 
-func (s *Events) events(ctx context.Context, sql string, args ...any) ([]StoredEvent, error) {
+// events reads one page of events, as a store call of its own (the pages' consumer
+// works between calls, outside the breaker).
+func (s *Events) events(ctx context.Context, sql string, args ...any) (out []StoredEvent, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "read events", func(ctx context.Context) error {
+		out, err = s.readEvents(ctx, sql, args...)
+		return err
+	})
+	return out, err
+}
+
+func (s *Events) readEvents(ctx context.Context, sql string, args ...any) ([]StoredEvent, error) {
 	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read events: %w", err)
@@ -440,7 +491,15 @@ type Loaded struct {
 
 // Load reads the latest snapshot and the events after it in one round trip, from one
 // repeatable-read snapshot (so a snapshot saved meanwhile cannot hide events).
-func (s *Events) Load(ctx context.Context, tenantID, aggregateID string) (*Loaded, error) {
+func (s *Events) Load(ctx context.Context, tenantID, aggregateID string) (l *Loaded, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "load aggregate", func(ctx context.Context) error {
+		l, err = s.load(ctx, tenantID, aggregateID)
+		return err
+	})
+	return l, err
+}
+
+func (s *Events) load(ctx context.Context, tenantID, aggregateID string) (*Loaded, error) {
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
 	b.Queue(latestSQL, aggregateID)
@@ -516,7 +575,15 @@ const saveSnapshotSQL = `INSERT INTO aggregate_snapshots (id, tenant_id, aggrega
 // automatic snapshots, whose loss in a crash only means folding a longer tail (the
 // events they derive from are already durable), and whose flush would otherwise queue
 // in front of the appends' own.
-func (s *Events) saveSnapshot(ctx context.Context, tenantID, aggregateID string, version int64, state []byte, lazy bool) (string, error) {
+func (s *Events) saveSnapshot(ctx context.Context, tenantID, aggregateID string, version int64, state []byte, lazy bool) (id string, err error) {
+	err = Do(ctx, s.breaker, ReadWrite, "save snapshot", func(ctx context.Context) error {
+		id, err = s.insertSnapshot(ctx, tenantID, aggregateID, version, state, lazy)
+		return err
+	})
+	return id, err
+}
+
+func (s *Events) insertSnapshot(ctx context.Context, tenantID, aggregateID string, version int64, state []byte, lazy bool) (string, error) {
 	id := uuid.Must(uuid.NewV7())
 	var tag pgconn.CommandTag
 	var err error

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eventgw/eventgw/internal/resilience"
 	"github.com/eventgw/eventgw/internal/validate"
 )
 
@@ -60,10 +61,15 @@ type FailedEvent struct {
 }
 
 // FailedEvents is the failed_events table.
-type FailedEvents struct{ pool *pgxpool.Pool }
+type FailedEvents struct {
+	pool    *pgxpool.Pool
+	breaker *resilience.Breaker
+}
 
 // NewFailedEvents uses pool.
-func NewFailedEvents(pool *pgxpool.Pool) *FailedEvents { return &FailedEvents{pool: pool} }
+func NewFailedEvents(pool *pgxpool.Pool, opts ...Option) *FailedEvents {
+	return &FailedEvents{pool: pool, breaker: buildOptions(opts).breaker}
+}
 
 // storedHeader is a header in record_headers: {"k": key, "v": base64(value)}.
 type storedHeader struct {
@@ -107,13 +113,17 @@ func (f *FailedEvents) Insert(ctx context.Context, e *FailedEvent) (inserted boo
 	if err != nil {
 		return false, fmt.Errorf("failed event %s: encode record headers: %w", e.ID, err)
 	}
-	tag, err := f.pool.Exec(ctx, insertFailedSQL, e.ID, e.TenantID, e.EventID, e.EventType, e.Payload,
-		e.ErrorType, e.ErrorMessage, e.RetryCount, e.FailedAt, e.Subscription, e.Topic, e.Partition, e.Offset,
-		e.DLQTopic, e.RecordKey, e.RecordValue, headers)
+	err = Do(ctx, f.breaker, ReadWrite, "insert failed event", func(ctx context.Context) error {
+		tag, err := f.pool.Exec(ctx, insertFailedSQL, e.ID, e.TenantID, e.EventID, e.EventType, e.Payload,
+			e.ErrorType, e.ErrorMessage, e.RetryCount, e.FailedAt, e.Subscription, e.Topic, e.Partition, e.Offset,
+			e.DLQTopic, e.RecordKey, e.RecordValue, headers)
+		inserted = tag.RowsAffected() == 1
+		return err
+	})
 	if err != nil {
-		return false, fmt.Errorf("insert failed event %s: %w", e.ID, err)
+		return false, err
 	}
-	return tag.RowsAffected() == 1, nil
+	return inserted, nil
 }
 
 // FailedFilter selects a page of a tenant's failed events.
@@ -190,21 +200,24 @@ func (f *FailedEvents) List(ctx context.Context, flt FailedFilter) ([]FailedEven
 	// One row more than the page says whether there is a next page.
 	sb.WriteString(` ORDER BY failed_at DESC, id DESC LIMIT ` + arg(flt.PageSize+1))
 
-	rows, err := f.pool.Query(ctx, sb.String(), args...)
-	if err != nil {
-		return nil, "", fmt.Errorf("list failed events: %w", err)
-	}
-	defer rows.Close()
-	out := make([]FailedEvent, 0, min(flt.PageSize+1, 128))
-	for rows.Next() {
-		var e FailedEvent
-		if err := scanListed(rows, &e); err != nil {
-			return nil, "", fmt.Errorf("list failed events: %w", err)
+	var out []FailedEvent
+	if err := Do(ctx, f.breaker, ReadOnly, "list failed events", func(ctx context.Context) error {
+		rows, err := f.pool.Query(ctx, sb.String(), args...)
+		if err != nil {
+			return err
 		}
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, "", fmt.Errorf("list failed events: %w", err)
+		defer rows.Close()
+		out = make([]FailedEvent, 0, min(flt.PageSize+1, 128))
+		for rows.Next() {
+			var e FailedEvent
+			if err := scanListed(rows, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+		}
+		return rows.Err()
+	}); err != nil {
+		return nil, "", err
 	}
 	if len(out) <= flt.PageSize {
 		return out, "", nil
@@ -244,7 +257,15 @@ func decodePageToken(tok string) (time.Time, string, error) {
 // stored records. It fails with ErrFailedEventNotFound when an id names no row of
 // tenant (another tenant's row included), else with ErrFailedEventResolved when one
 // is resolved: either way the caller must publish nothing.
-func (f *FailedEvents) Retryable(ctx context.Context, tenant string, ids []string) ([]FailedEvent, error) {
+func (f *FailedEvents) Retryable(ctx context.Context, tenant string, ids []string) (out []FailedEvent, err error) {
+	err = Do(ctx, f.breaker, ReadOnly, "read failed events", func(ctx context.Context) error {
+		out, err = f.retryable(ctx, tenant, ids)
+		return err
+	})
+	return out, err
+}
+
+func (f *FailedEvents) retryable(ctx context.Context, tenant string, ids []string) ([]FailedEvent, error) {
 	rows, err := f.pool.Query(ctx, `SELECT `+listColumns+`, record_key, record_value, record_headers
 		FROM failed_events WHERE tenant_id = $1::uuid AND id = ANY($2::uuid[])`, tenant, ids)
 	if err != nil {
@@ -299,26 +320,27 @@ func canonicalUUID(id string) string {
 // MarkRetried records that the rows ids name (of tenant) were published again:
 // retried is set, retries_published counts one more and retried_at is now.
 func (f *FailedEvents) MarkRetried(ctx context.Context, tenant string, ids []string) error {
-	_, err := f.pool.Exec(ctx, `UPDATE failed_events
-		SET retried = true, retries_published = retries_published + 1, retried_at = now()
-		WHERE tenant_id = $1::uuid AND id = ANY($2::uuid[])`, tenant, ids)
-	if err != nil {
-		return fmt.Errorf("mark failed events retried: %w", err)
-	}
-	return nil
+	return Do(ctx, f.breaker, ReadWrite, "mark failed events retried", func(ctx context.Context) error {
+		_, err := f.pool.Exec(ctx, `UPDATE failed_events
+			SET retried = true, retries_published = retries_published + 1, retried_at = now()
+			WHERE tenant_id = $1::uuid AND id = ANY($2::uuid[])`, tenant, ids)
+		return err
+	})
 }
 
 // Resolve marks tenant's row id resolved. Resolving a resolved row again succeeds and
 // keeps its first resolved_at. ErrFailedEventNotFound when tenant has no such row.
 func (f *FailedEvents) Resolve(ctx context.Context, tenant, id string) error {
-	tag, err := f.pool.Exec(ctx, `UPDATE failed_events
-		SET resolved = true, resolved_at = coalesce(resolved_at, now())
-		WHERE tenant_id = $1::uuid AND id = $2::uuid`, tenant, id)
-	if err != nil {
-		return fmt.Errorf("resolve failed event %s: %w", id, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("%w: %s", ErrFailedEventNotFound, id)
-	}
-	return nil
+	return Do(ctx, f.breaker, ReadWrite, "resolve failed event", func(ctx context.Context) error {
+		tag, err := f.pool.Exec(ctx, `UPDATE failed_events
+			SET resolved = true, resolved_at = coalesce(resolved_at, now())
+			WHERE tenant_id = $1::uuid AND id = $2::uuid`, tenant, id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("%w: %s", ErrFailedEventNotFound, id)
+		}
+		return nil
+	})
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -18,7 +19,17 @@ import (
 func Migrate(ctx context.Context, pool *pgxpool.Pool) (applied int, err error) {
 	db := stdlib.OpenDBFromPool(pool)
 	defer db.Close()
-	return migrateDB(ctx, db)
+	applied, err = migrateDB(ctx, db)
+	if err == nil {
+		return applied, nil
+	}
+	var dbe *DBError
+	if c := classify(ctx, ReadWrite, "migrate", err); !errors.As(c, &dbe) {
+		return applied, c
+	}
+	// A migration PostgreSQL refused: goose's account names the migration and the
+	// statement (the driver's text carries no DETAIL), without the driver's types.
+	return applied, errors.New(err.Error())
 }
 
 func migrateDB(ctx context.Context, db *sql.DB) (int, error) {

@@ -14,10 +14,11 @@ import (
 // read in position order from a cursor, would skip them.
 func CheckPositions(ctx context.Context, pool *pgxpool.Pool) error {
 	var top, next int64
-	err := pool.QueryRow(ctx, `SELECT coalesce((SELECT position FROM stored_events ORDER BY position DESC LIMIT 1), 0) >> 10,
-		pg_snapshot_xmax(pg_current_snapshot())::text::bigint`).Scan(&top, &next)
-	if err != nil {
-		return fmt.Errorf("check event positions: %w", err)
+	if err := Do(ctx, nil, ReadOnly, "check event positions", func(ctx context.Context) error {
+		return pool.QueryRow(ctx, `SELECT coalesce((SELECT position FROM stored_events ORDER BY position DESC LIMIT 1), 0) >> 10,
+			pg_snapshot_xmax(pg_current_snapshot())::text::bigint`).Scan(&top, &next)
+	}); err != nil {
+		return err
 	}
 	if top < next {
 		return nil

@@ -54,8 +54,10 @@ const maxQueueRows = 8192
 // NewPublishQueue builds the queue of this process; origin names it (rows it queued
 // carry it, see PendingSince).
 func NewPublishQueue(pool *pgxpool.Pool, origin string, opts ...Option) *PublishQueue {
-	q := &PublishQueue{pool: pool, breaker: buildOptions(opts).breaker, origin: origin, reqs: make(chan *enqueueReq, 1024),
-		stop: make(chan struct{}), done: make(chan struct{})}
+	q := &PublishQueue{
+		pool: pool, breaker: buildOptions(opts).breaker, origin: origin, reqs: make(chan *enqueueReq, 1024),
+		stop: make(chan struct{}), done: make(chan struct{}),
+	}
 	go q.writer()
 	return q
 }
