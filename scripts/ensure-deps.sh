@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the machine has what `make test` and `make run` need beyond Go: the
-# PostgreSQL server binaries (initdb, pg_ctl) and kcat (interop checks). As root it
+# PostgreSQL server binaries (initdb, pg_ctl), kcat (interop checks) and Node.js with
+# npm (the saga worker example, examples/node-worker). As root it
 # installs missing Debian packages; otherwise it says what to install and stops.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ have_pg() {
 missing=()
 have_pg || missing+=(postgresql)
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -283,7 +283,7 @@ func (s *SagaService) PollTasks(req *eventgwv1.PollTasksRequest, stream eventgwv
 		return stream.Send(resp)
 	})
 	if errors.Is(err, context.Canceled) && stream.Context().Err() != nil {
-		return status.Error(codes.Canceled, "stream ended by the worker")
+		return nil // the worker ended its stream
 	}
 	return sagaError(err)
 }
