@@ -60,6 +60,11 @@ type Options struct {
 	Only     string
 	Suite    string
 	Unix     bool
+	// Layout: "cross" (the sidecar is its own `eventgw serve` process, as in a pod) or
+	// "in-process" (one process: for profiling the whole path).
+	Layout string
+	// SidecarPprof, when set, is the sidecar process's --pprof-addr.
+	SidecarPprof string
 	// AggregateEvents and ReplayEvents size the LoadAggregate and ReplayEvents data.
 	AggregateEvents int
 	ReplayEvents    int
@@ -80,6 +85,10 @@ type Result struct {
 	Elapsed  time.Duration
 	P50, P99 time.Duration
 	Errors   int64
+	// The sidecar's CPU time over the scenario, its peak RSS during it and its RSS after
+	// it (cross-process layout: the sidecar process alone; in-process: the whole process).
+	SideCPU           time.Duration
+	SidePeak, SideRSS int64
 }
 
 // Rate is events per second.
@@ -94,6 +103,8 @@ func Main(args []string, out io.Writer) int {
 	fs.StringVar(&o.Only, "only", "", "run only scenarios whose name contains this")
 	fs.StringVar(&o.Suite, "suite", "all", "which suite: publish, store, subscribe, fallback or all")
 	fs.BoolVar(&o.Unix, "unix", false, "reach the sidecar over a unix socket instead of 127.0.0.1 TCP")
+	fs.StringVar(&o.Layout, "layout", "cross", "cross: the sidecar runs as its own `eventgw serve` process (its CPU and RSS are measured from /proc); in-process: sidecar, load and Kafka in one process (for profiling with --cpuprofile)")
+	fs.StringVar(&o.SidecarPprof, "sidecar-pprof-addr", "", "with --layout cross: serve the sidecar process's pprof here (loopback), to profile it under load")
 	fs.IntVar(&o.AggregateEvents, "aggregate-events", 10000, "events of the aggregates LoadAggregate is measured on (a multiple of 100)")
 	fs.IntVar(&o.ReplayEvents, "replay-events", 100000, "events of the tenant ReplayEvents is measured on (a multiple of 100)")
 	fs.IntVar(&o.SubscribeEvents, "subscribe-events", 200000, "events the subscribe suite pre-loads and drains")
@@ -104,6 +115,10 @@ func Main(args []string, out io.Writer) int {
 	}
 	if o.AggregateEvents < 100 || o.AggregateEvents%100 != 0 || o.ReplayEvents < 100 || o.ReplayEvents%100 != 0 {
 		fmt.Fprintln(os.Stderr, "bench: --aggregate-events and --replay-events must be multiples of 100")
+		return 2
+	}
+ 	if o.Layout != "cross" && o.Layout != "in-process" {
+		fmt.Fprintln(os.Stderr, "bench: --layout must be cross or in-process")
 		return 2
 	}
 	if o.Suite != "all" && o.Suite != "publish" && o.Suite != "store" && o.Suite != "subscribe" && o.Suite != "fallback" {
@@ -137,6 +152,9 @@ type env struct {
 	dbURL   string
 	stack   *devstack.Stack
 	cfg     config.Config
+	side    *sidecarProc
+	opts    Options
+	dir     string
 	// domain of the running scenario: its events go to healthtech.<domain>.events.
 	domain string
 	seq    int
@@ -210,20 +228,16 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 	cfg.KafkaBrokers = strings.Join(stack.Brokers(), ",")
 	cfg.SchemaRegistryURL = stack.RegistryURL
 	cfg.DatabaseURL = stack.DatabaseURL
-	a, stop, err := startApp(ctx, cfg)
+	sc, err := startSidecar(ctx, o, cfg, dir, "sidecar")
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
+	defer sc.stop()
 
-	e := &env{brokers: stack.Brokers(), dbURL: stack.DatabaseURL, stack: stack, cfg: cfg}
+	e := &env{brokers: stack.Brokers(), dbURL: stack.DatabaseURL, stack: stack, cfg: cfg, side: sc, opts: o, dir: dir}
 	// Several connections, as several app processes or a pooled client would have.
 	for range 4 {
-		target := a.GRPCAddr()
-		if o.Unix {
-			target = cfg.GRPCAddr
-		}
-		c, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		c, err := grpc.NewClient(sc.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			return nil, err
 		}
@@ -251,18 +265,23 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 			if err := e.freshTopic(ctx); err != nil {
 				return nil, err
 			}
+			e.side.resetPeak()
+			u0 := e.side.usage()
 			r, err := sc.run(o.Duration)
+			u1 := e.side.usage()
+			r.SideCPU, r.SidePeak, r.SideRSS = u1.cpu-u0.cpu, u1.hwm, u1.rss
 			e.dropTopic()
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", sc.name, err)
 			}
 			r.Name, r.Size = sc.name, size
 			pubResults = append(pubResults, r)
-			fmt.Fprintf(os.Stderr, "  %-42s %6d B  %10.0f ev/s  p50 %-9v p99 %-9v errors %d\n", r.Name, size, r.Rate(), r.P50, r.P99, r.Errors)
+			fmt.Fprintf(os.Stderr, "  %-42s %6d B  %10.0f ev/s  p50 %-9v p99 %-9v errors %d  sidecar %s µs/ev, RSS %d MB\n",
+				r.Name, size, r.Rate(), r.P50, r.P99, r.Errors, perEvent(r), r.SideRSS>>20)
 		}
 	}
 	if len(pubResults) > 0 {
-		report(out, pubResults)
+		report(out, pubResults, o.Layout)
 	}
 	results = append(results, pubResults...)
 	// The store suite runs second: it leaves events in Kafka and PostgreSQL that the
@@ -645,16 +664,33 @@ func (e *env) asyncDirect(d time.Duration, size int, withHeaders bool) (Result, 
 	return res, nil
 }
 
-func report(out io.Writer, rs []Result) {
+func report(out io.Writer, rs []Result, layout string) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tpayload\tevents/s\tp50\tp99\terrors\tvs direct\t")
+	fmt.Fprintln(tw, "scenario\tpayload\tevents/s\tp50\tp99\terrors\tvs direct\tsidecar CPU µs/ev\tsidecar peak RSS MB\tRSS after MB\t")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%d B\t%.0f\t%v\t%v\t%d\t%s\t\n", r.Name, r.Size, r.Rate(), r.P50, r.P99, r.Errors, ratio(r, rs))
+		fmt.Fprintf(tw, "%s\t%d B\t%.0f\t%v\t%v\t%d\t%s\t%s\t%d\t%d\t\n", r.Name, r.Size, r.Rate(), r.P50, r.P99, r.Errors, ratio(r, rs),
+			perEvent(r), r.SidePeak>>20, r.SideRSS>>20)
 	}
 	_ = tw.Flush()
+	if layout == "cross" {
+		fmt.Fprintln(out, "\nLayout: the sidecar is its own `eventgw serve` process; Kafka (kfake), the registry and")
+		fmt.Fprintln(out, "PostgreSQL run in the bench process with the load, as pods share a cluster. Sidecar CPU")
+		fmt.Fprintln(out, "is its /proc/<pid>/stat utime+stime over the scenario (10 ms ticks) per event; for the")
+		fmt.Fprintln(out, "direct scenarios it is the idle sidecar's.")
+	} else {
+		fmt.Fprintln(out, "\nLayout: in-process (sidecar, load and kfake in one process): sidecar CPU is the whole process's.")
+	}
 	fmt.Fprintln(out, "\nvs direct: throughput ratio against the direct AsyncProducer (batched and streamed; in brackets")
 	fmt.Fprintln(out, "against the AsyncProducer writing the same CloudEvents records), or against")
 	fmt.Fprintln(out, "the SyncProducer with as many callers (Publish); for Publish with 1 caller, also the p99 added.")
+}
+
+// perEvent is the sidecar's CPU per event of r in µs.
+func perEvent(r Result) string {
+	if r.Events == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", float64(r.SideCPU.Microseconds())/float64(r.Events))
 }
 
 func ratio(r Result, rs []Result) string {

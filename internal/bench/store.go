@@ -48,12 +48,13 @@ func (e *env) storeSuite(ctx context.Context, o Options) ([]Result, error) {
 	}
 	cfg := e.cfg
 	cfg.SnapshotEvery = 0
-	a, stop, err := startApp(ctx, cfg)
+	cfg.GRPCAddr = "127.0.0.1:0"
+	nosnap, err := startSidecar(ctx, e.opts, cfg, e.dir, "sidecar-no-snapshots")
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
-	conn, err := grpc.NewClient(a.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer nosnap.stop()
+	conn, err := grpc.NewClient(nosnap.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}
