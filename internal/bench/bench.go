@@ -117,7 +117,7 @@ func Main(args []string, out io.Writer) int {
 		fmt.Fprintln(os.Stderr, "bench: --aggregate-events and --replay-events must be multiples of 100")
 		return 2
 	}
- 	if o.Layout != "cross" && o.Layout != "in-process" {
+	if o.Layout != "cross" && o.Layout != "in-process" {
 		fmt.Fprintln(os.Stderr, "bench: --layout must be cross or in-process")
 		return 2
 	}
