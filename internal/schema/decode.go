@@ -11,10 +11,10 @@ import (
 	"github.com/riferrei/srclient"
 )
 
-// ErrNotAvro: a value that does not start with the Confluent wire-format header.
+// ErrNotAvro is a value that does not start with the Confluent wire-format header.
 var ErrNotAvro = fmt.Errorf("value is not in Confluent wire format")
 
-// UndecodableError: a value the registry's schema cannot decode. Retrying will not
+// UndecodableError is a value the registry's schema cannot decode. Retrying will not
 // help; it names the schema id, never the value.
 type UndecodableError struct{ SchemaID int }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	neturl "net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -113,6 +114,7 @@ const DefaultTimeout = 10 * time.Second
 // failures with backoff within the caller's deadline.
 type Registry struct {
 	url       string
+	shownURL  string // url without a password, for errors
 	transport http.RoundTripper
 	timeout   time.Duration
 	breaker   *resilience.Breaker
@@ -169,9 +171,13 @@ func NewRegistry(url string, pool *pgxpool.Pool, log *zap.Logger, opts ...Option
 		opt(&o)
 	}
 	url = strings.TrimRight(url, "/")
+	shown := url
+	if u, err := neturl.Parse(url); err == nil {
+		shown = u.Redacted()
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	return &Registry{
-		url: url, transport: tr, timeout: o.timeout, breaker: o.breaker, retry: o.retry,
+		url: url, shownURL: shown, transport: tr, timeout: o.timeout, breaker: o.breaker, retry: o.retry,
 		schemas: store.NewSchemas(pool, o.storeOpts...), log: log,
 		byType: map[string]*Schema{}, byID: map[int]avro.Schema{},
 	}
@@ -278,13 +284,13 @@ func (r *Registry) Ping(ctx context.Context) error {
 	resp, err := (&http.Client{Transport: r.transport, Timeout: r.timeout}).Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("%w at %s: %w", ErrUnavailable, r.url, ctx.Err())
+			return fmt.Errorf("%w at %s: %w", ErrUnavailable, r.shownURL, ctx.Err())
 		}
-		return &UnavailableError{Op: "ping " + r.url, Err: err}
+		return &UnavailableError{Op: "ping " + r.shownURL, Err: err}
 	}
 	_ = resp.Body.Close()
 	if resp.StatusCode >= 500 {
-		return &UnavailableError{Op: "ping " + r.url, Err: fmt.Errorf("HTTP %d", resp.StatusCode)}
+		return &UnavailableError{Op: "ping " + r.shownURL, Err: fmt.Errorf("HTTP %d", resp.StatusCode)}
 	}
 	return nil
 }
