@@ -226,12 +226,19 @@ func (s *Events) AppendMany(ctx context.Context, reqs []*AppendRequest) ([]Appen
 	var errs []error
 	err := Do(ctx, s.breaker, ReadWrite, "append", func(ctx context.Context) error {
 		results, errs = s.appendMany(ctx, reqs)
+		// For the breaker: PostgreSQL's failure if any append met one, else the first
+		// refusal (an answer).
+		var first error
 		for _, err := range errs {
-			if err != nil {
-				return err // for the breaker: the first failure says how PostgreSQL is
+			var ue *UnavailableError
+			if errors.As(classify(ctx, ReadWrite, "append", err), &ue) {
+				return err
+			}
+			if first == nil {
+				first = err
 			}
 		}
-		return nil
+		return first
 	})
 	if errs == nil { // refused by the breaker
 		results, errs = make([]AppendResult, len(reqs)), make([]error, len(reqs))
