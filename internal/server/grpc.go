@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"runtime"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -43,6 +44,9 @@ func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
 	log := opts.Log
 	srv := grpc.NewServer(
 		grpc.MaxRecvMsgSize(opts.MaxRecvBytes),
+		// Reused handler goroutines keep their grown stacks: a fresh goroutine per RPC
+		// grows its stack through several copies on every call.
+		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), recoverUnary(log), logUnary(log)),
 		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), recoverStream(log), logStream(log)),
