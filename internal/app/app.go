@@ -123,6 +123,11 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		return nil, fmt.Errorf("--database-url is not a valid PostgreSQL URL")
 	}
 	pcfg.MaxConns = int32(cfg.DBMaxConns)
+	// A server that hangs rather than refusing connections must fail calls too (and
+	// count on the PostgreSQL breaker), not only run into callers' deadlines.
+	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > 5*time.Second {
+		pcfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
 	a.Pool, err = pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
@@ -170,21 +175,26 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 			zap.Strings("brokers", a.brokers), zap.Error(err))
 	}
 
-	// Schema Registry.
-	a.Schemas = schema.NewRegistry(a.registry, a.Pool, log)
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = a.Schemas.Ping(rctx)
-	cancel()
-	if err != nil {
-		return nil, err
-	}
-	if err := a.Schemas.Load(ctx); err != nil {
-		return nil, err
-	}
-
 	m := metrics.New(a.Registry)
 	a.Breakers = newBreakers(cfg, a.Registry, log)
-	queue := store.NewPublishQueue(a.Pool, instanceName(cfg.ServiceName))
+	pg := store.WithBreaker(a.Breakers.Postgres)
+
+	// Schema Registry. Unreachable, the sidecar starts with the schemas kept in
+	// PostgreSQL and re-seeds the registry when it answers (see Run).
+	a.Schemas = schema.NewRegistry(a.registry, a.Pool, log,
+		schema.WithBreaker(a.Breakers.Registry), schema.WithStoreOptions(pg))
+	a.closer.push(a.Schemas.Close)
+	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = a.Schemas.Load(lctx)
+	cancel()
+	if err != nil {
+		if !errors.Is(err, schema.ErrUnavailable) {
+			return nil, err // PostgreSQL, or a stored schema that no longer parses
+		}
+		log.Warn("schema registry unreachable; starting with the schemas stored in PostgreSQL", zap.Error(err))
+	}
+
+	queue := store.NewPublishQueue(a.Pool, instanceName(cfg.ServiceName), pg)
 	a.closer.push(queue.Close)
 	startTop, err := store.MaxQueuedPosition(ctx, a.Pool)
 	if err != nil {
@@ -200,7 +210,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Timeout:        cfg.PublishTimeout,
 	}, a.Router, topics, a.Producer, a.Schemas, m, log).WithFallback(a.Fallback)
 
-	failed := store.NewFailedEvents(a.Pool)
+	failed := store.NewFailedEvents(a.Pool, pg)
 	dlq := deadletter.New(deadletter.Config{
 		Producer: a.Producer, Topics: topics, Router: a.Router, Failed: failed, Metrics: m,
 		Service: cfg.ServiceName, Log: log,
@@ -212,7 +222,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	})
 	a.closer.push(a.Subs.Close)
 
-	a.Events = store.NewEvents(a.Pool)
+	a.Events = store.NewEvents(a.Pool, pg)
 	a.Relay = outbox.New(a.Pool, pub, a.Registry, log)
 	a.Fallback.OnQueued = a.Relay.Kick
 	a.snapshots = store.NewSnapshotter(a.Events, int64(cfg.SnapshotEvery), log)
@@ -307,6 +317,7 @@ func (a *App) Run(ctx context.Context) error {
 	bg.Go(func() error { return a.runSagas(bgCtx) })
 	bg.Go(func() error { return a.Fallback.Run(bgCtx) })
 	bg.Go(func() error { a.keepConnectingKafka(bgCtx); return nil })
+	bg.Go(func() error { _ = a.Schemas.RunReseed(bgCtx, 5*time.Second); return nil })
 	server.SetServing(a.health, true)
 	a.logReady()
 	g.Go(func() error {

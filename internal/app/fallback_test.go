@@ -13,6 +13,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/config"
@@ -294,4 +296,83 @@ func TestStartsWithoutKafka(t *testing.T) {
 	if _, rep := readyz(t, s); !rep.Dependencies["kafka"].OK {
 		t.Errorf("/readyz after Kafka appeared: %+v", rep)
 	}
+}
+
+// TestStartsWithoutRegistry: a sidecar whose Schema Registry is unreachable starts with
+// the schemas kept in PostgreSQL, says so in its log and /readyz, publishes events with
+// those schemas (Avro) and without, and refuses a new schema with Unavailable.
+func TestStartsWithoutRegistry(t *testing.T) {
+	d := newDeps(t)
+	first := startOn(t, d, nil)
+	ctx := callCtx(t)
+	if _, err := first.events.RegisterSchema(ctx, &eventgwv1.RegisterSchemaRequest{
+		EventType: "patient.admitted",
+		Schema: `{"type":"record","name":"Admitted","fields":[{"name":"ward","type":"string"}]}`,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	first.shutdown()
+
+	d.registry = "http://127.0.0.1:1"
+	s := startOn(t, d, nil)
+	if !strings.Contains(s.logs.String(), "schema registry unreachable; starting with the schemas stored in PostgreSQL") {
+		t.Error("the log does not say the registry is unreachable")
+	}
+	code, rep := readyz(t, s)
+	if code != http.StatusOK || rep.Status != "degraded" || rep.Dependencies["schema-registry"].OK {
+		t.Fatalf("/readyz %d %+v, want 200 degraded with the registry down", code, rep)
+	}
+	avro := &eventgwv1.Event{EventType: "patient.admitted", TenantId: tenantA,
+		Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"ward":"B2"}`)}}
+	resp, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: avro})
+	if err != nil || resp.GetResult().GetQueued() {
+		t.Fatalf("publish with a stored schema: %v %v", resp, err)
+	}
+	recs := testenv.ConsumeAll(t, d.kafka.Brokers, "healthtech.patient.events")
+	if len(recs) != 1 || len(recs[0].Value) < 5 || recs[0].Value[0] != 0 {
+		t.Fatalf("the event is not Avro in Confluent wire format: %d records", len(recs))
+	}
+	if _, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: seqEvent(tenantA, 0)}); err != nil {
+		t.Fatalf("publish without a schema: %v", err)
+	}
+	_, err = s.events.RegisterSchema(ctx, &eventgwv1.RegisterSchemaRequest{
+		EventType: "patient.discharged",
+		Schema: `{"type":"record","name":"Discharged","fields":[{"name":"ward","type":"string"}]}`,
+	})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("a new schema with the registry down: %v, want Unavailable", err)
+	}
+}
+
+// TestKafkaAndPostgresDown: with both down a publish is not accepted (Unavailable,
+// saying so); with PostgreSQL back it is queued, and with Kafka back it is published.
+func TestKafkaAndPostgresDown(t *testing.T) {
+	pg := testenv.StoppablePostgres(t)
+	d := deps{kafka: testenv.NewKafka(t), registry: testenv.NewRegistry(t).URL(), dbURL: pg.DSN("postgres")}
+	s := startOn(t, d, func(c *config.Config) { c.BreakerTimeout = 500 * time.Millisecond })
+	down := kafkaOutage(d.kafka)
+	down.Store(true)
+	pg.Stop()
+	_, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: seqEvent(tenantA, 0)})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(status.Convert(err).Message(), "both unavailable") {
+		t.Fatalf("publish with Kafka and PostgreSQL down: %v, want Unavailable saying both", err)
+	}
+	code, rep := readyz(t, s)
+	if code != http.StatusServiceUnavailable || rep.Status != "unavailable" {
+		t.Errorf("/readyz with both down: %d %+v, want 503 unavailable", code, rep)
+	}
+	pg.Start()
+	var resp *eventgwv1.PublishResponse
+	waitFor(t, 30*time.Second, "a publish queued once PostgreSQL is back", func() bool {
+		resp, err = s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: seqEvent(tenantA, 0)})
+		return err == nil
+	})
+	if !resp.GetResult().GetQueued() {
+		t.Fatalf("publish with Kafka down: %v, want queued", resp)
+	}
+	down.Store(false)
+	waitFor(t, 60*time.Second, "the queue to drain", func() bool {
+		return dbCount(t, d.dbURL, `SELECT count(*) FROM publish_queue`) == 0
+	})
+	checkSeqOrder(t, testenv.ConsumeAll(t, d.kafka.Brokers, "healthtech.patient.events"), map[string]int{tenantA: 1})
 }

@@ -668,8 +668,8 @@ func TestUnixSocket(t *testing.T) {
 }
 
 // TestUnreachableDependenciesFailFast: without PostgreSQL the sidecar cannot keep
-// anything durable, so it does not start (an unreachable Kafka does not stop it: see
-// TestStartsWithoutKafka).
+// anything durable, so it does not start (an unreachable Kafka or registry does not
+// stop it: see TestStartsWithoutKafka and TestStartsWithoutRegistry).
 func TestUnreachableDependenciesFailFast(t *testing.T) {
 	k := testenv.NewKafka(t)
 	reg := testenv.NewRegistry(t)
@@ -678,7 +678,6 @@ func TestUnreachableDependenciesFailFast(t *testing.T) {
 		mutate func(*config.Config)
 		want   string
 	}{
-		"registry": {func(c *config.Config) { c.SchemaRegistryURL = "http://127.0.0.1:1" }, "schema registry unavailable"},
 		"postgres": {func(c *config.Config) { c.DatabaseURL = "postgres://u:secretpw@127.0.0.1:1/db" }, "postgres at postgres://u:xxxxx@127.0.0.1:1/db is unreachable"},
 	} {
 		cfg := defaultConfig(t)

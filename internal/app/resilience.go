@@ -18,24 +18,32 @@ import (
 	"github.com/eventgw/eventgw/internal/kafka"
 	"github.com/eventgw/eventgw/internal/publish"
 	"github.com/eventgw/eventgw/internal/resilience"
+	"github.com/eventgw/eventgw/internal/schema"
 	"github.com/eventgw/eventgw/internal/server"
+	"github.com/eventgw/eventgw/internal/store"
 )
 
 // Breakers are the sidecar's circuit breakers, one per outbound dependency.
 type Breakers struct {
-	Kafka *resilience.Breaker
+	Kafka    *resilience.Breaker
+	Postgres *resilience.Breaker
+	Registry *resilience.Breaker
 }
 
 func newBreakers(cfg config.Config, reg prometheus.Registerer, log *zap.Logger) *Breakers {
 	m := resilience.NewMetrics(reg)
 	s := cfg.BreakerSettings()
 	return &Breakers{
-		Kafka: resilience.NewBreaker("kafka", cfg.ServiceName, s, publish.ClassifyKafka, m, log),
+		Kafka:    resilience.NewBreaker("kafka", cfg.ServiceName, s, publish.ClassifyKafka, m, log),
+		Postgres: store.NewBreaker(cfg.ServiceName, s, m, log),
+		Registry: schema.NewBreaker(cfg.ServiceName, s, m, log),
 	}
 }
 
 // All lists the breakers for /readyz.
-func (b *Breakers) All() []*resilience.Breaker { return []*resilience.Breaker{b.Kafka} }
+func (b *Breakers) All() []*resilience.Breaker {
+	return []*resilience.Breaker{b.Kafka, b.Postgres, b.Registry}
+}
 
 // instanceName names this process's rows in publish_queue: the service and a random
 // suffix (a restarted sidecar is a new instance; rows of earlier runs are waited for
@@ -101,13 +109,13 @@ func (a *App) closeKafka() error {
 
 // readiness is what /readyz reports: each dependency with its breaker, and whether
 // publishes are being queued. The sidecar can take work ("degraded", HTTP 200) as long
-// as PostgreSQL or Kafka answers: with Kafka down publishes are queued in PostgreSQL;
-// with PostgreSQL down publishing to Kafka still works.
+// as publishes can be accepted: with Kafka down they are queued in PostgreSQL; with
+// PostgreSQL down publishing to Kafka still works, unless publishes are being queued.
 func (a *App) readiness() server.Readiness {
 	state := func(b *resilience.Breaker) func() string { return func() string { return b.State().String() } }
 	return server.Readiness{
 		Checks: []server.ReadyCheck{
-			{Name: "postgres", Check: a.Pool.Ping},
+			{Name: "postgres", Breaker: state(a.Breakers.Postgres), Check: a.Pool.Ping},
 			{Name: "kafka", Breaker: state(a.Breakers.Kafka), Check: func(context.Context) error {
 				c := a.kafkaClient()
 				if c == nil {
@@ -116,15 +124,22 @@ func (a *App) readiness() server.Readiness {
 				_, err := c.Controller()
 				return err
 			}},
-			{Name: "schema-registry", Check: a.Schemas.Ping},
+			{Name: "schema-registry", Breaker: state(a.Breakers.Registry), Check: a.Schemas.Ping},
 		},
-		Ready: func(failed map[string]bool) bool { return !(failed["postgres"] && failed["kafka"]) },
+		// Publishes need Kafka, or PostgreSQL while they are being queued.
+		Ready: func(failed map[string]bool) bool {
+			return !failed["postgres"] || (!failed["kafka"] && !a.Fallback.Queued())
+		},
 		Notes: func() map[string]any {
 			mode := "direct to Kafka"
 			if a.Fallback.Queued() {
 				mode = "queued in PostgreSQL until Kafka is back"
 			}
-			return map[string]any{"publish": mode}
+			notes := map[string]any{"publish": mode}
+			if n := a.Schemas.Unseeded(); n > 0 {
+				notes["schemas_not_yet_in_registry"] = n
+			}
+			return notes
 		},
 	}
 }

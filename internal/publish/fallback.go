@@ -118,14 +118,17 @@ func (f *Fallback) Run(ctx context.Context) error {
 	}
 }
 
+// ErrNotQueued: Kafka did not take the event and PostgreSQL could not queue it either
+// (errors.Is matches it on such an outcome's error).
+var ErrNotQueued = errors.New("kafka is unavailable and the event could not be queued in PostgreSQL either")
+
 // errBothDown answers a publish that neither Kafka nor PostgreSQL took.
 type errBothDown struct{ kafka, pg error }
 
-func (e *errBothDown) Error() string {
-	return "kafka is unavailable and the event could not be queued in PostgreSQL either"
-}
-func (e *errBothDown) Unwrap() []error { return []error{e.kafka, e.pg} }
-func (e *errBothDown) Retriable() bool { return true }
+func (e *errBothDown) Error() string        { return ErrNotQueued.Error() }
+func (e *errBothDown) Is(target error) bool { return target == ErrNotQueued }
+func (e *errBothDown) Unwrap() []error      { return []error{e.kafka, e.pg} }
+func (e *errBothDown) Retriable() bool      { return true }
 
 // toRecords turns encoded messages into queue rows.
 func toRecords(events []event.Event, msgs []*sarama.ProducerMessage, idx []int) ([]store.QueuedRecord, error) {

@@ -10,6 +10,7 @@ import (
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/kafka"
+	"github.com/eventgw/eventgw/internal/publish"
 	"github.com/eventgw/eventgw/internal/resilience"
 	"github.com/eventgw/eventgw/internal/schema"
 	"github.com/eventgw/eventgw/internal/store"
@@ -76,6 +77,8 @@ func rewriteError(err error) error {
 	// A dependency that cannot serve now: each named by the class of the package that
 	// owns it, before anything generic (a registry or broker network failure is not
 	// the database's).
+	case errors.Is(err, publish.ErrNotQueued):
+		return status.Error(codes.Unavailable, "kafka and PostgreSQL are both unavailable: the event was not accepted; retry with the same event_id")
 	case errors.As(err, &oe):
 		return status.Error(codes.Unavailable, oe.Error()+"; retry later")
 	case errors.Is(err, schema.ErrUnavailable):

@@ -18,6 +18,7 @@ import (
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/kafka"
+	"github.com/eventgw/eventgw/internal/publish"
 	"github.com/eventgw/eventgw/internal/resilience"
 	"github.com/eventgw/eventgw/internal/schema"
 	"github.com/eventgw/eventgw/internal/store"
@@ -103,6 +104,11 @@ func TestRewriteErrorByClass(t *testing.T) {
 			"registry network failure, constructed", &schema.UnavailableError{Op: "fetch schema 3", Err: netErr("dial", syscall.ECONNREFUSED)},
 			codes.Unavailable, "schema registry",
 			[]string{"database", "refused"},
+		},
+		{
+			"kafka down and the queue refused", fmt.Errorf("events[0]: %w", publish.ErrNotQueued),
+			codes.Unavailable, "both unavailable",
+			[]string{"internal"},
 		},
 		{
 			"broker network failure", &kafka.UnavailableError{Err: netErr("dial", syscall.ECONNREFUSED)},
