@@ -22,6 +22,8 @@ aggregates in PostgreSQL and sagas, over gRPC on localhost.
 
 Usage:
   eventgw serve [flags]     run the sidecar (--dev: with the embedded Kafka, registry and PostgreSQL)
+  eventgw devstack [flags]  run only the embedded Kafka, registry and PostgreSQL, shared by several sidecars
+  eventgw inject [flags]    the Kubernetes admission webhook that injects the sidecar (--render: into a manifest)
   eventgw bench [flags]     measure publishing through the sidecar against sarama directly
   eventgw help              this text
 
@@ -60,6 +62,10 @@ func run(args []string) int {
 		return serve(cfg, serveFS)
 	case "bench":
 		return runBench(args[1:])
+	case "devstack":
+		return runDevstack(args[1:], os.Stdout, os.Stderr)
+	case "inject":
+		return runInject(args[1:], os.Stdout, os.Stderr)
 	case "help", "-h", "--help", "-help":
 		printUsage()
 		return 0

@@ -72,10 +72,9 @@ func (in *Injector) Render(manifests []byte) ([]byte, error) {
 			out.WriteString("---\n")
 		}
 		if obj == nil {
-			out.Write(bytes.TrimLeft(doc, "\n"))
-			if !bytes.HasSuffix(doc, []byte("\n")) {
-				out.WriteByte('\n')
-			}
+			// Passed through as written, less the comments before it (those of the
+			// documents re-encoded below are lost too, and would describe the input).
+			out.Write(stripLeadingComments(doc))
 			continue
 		}
 		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
@@ -137,4 +136,19 @@ func prune(v any) {
 			prune(x)
 		}
 	}
+}
+
+func stripLeadingComments(doc []byte) []byte {
+	lines := strings.SplitAfter(string(doc), "\n")
+	for len(lines) > 0 {
+		if l := strings.TrimSpace(lines[0]); l != "" && !strings.HasPrefix(l, "#") {
+			break
+		}
+		lines = lines[1:]
+	}
+	s := strings.Join(lines, "")
+	if !strings.HasSuffix(s, "\n") {
+		s += "\n"
+	}
+	return []byte(s)
 }
