@@ -5,7 +5,7 @@ BUF       := $(GO) run github.com/bufbuild/buf/cmd/buf@v1.75.0
 GOLANGCI  := $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 BENCHTIME ?= 5s
 
-.PHONY: run build test test-short gen lint bench deps
+.PHONY: run build test test-faults test-short gen lint bench deps
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -18,7 +18,11 @@ run: deps build
 
 test: deps
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m -tags faults ./...
+
+# The fault suite alone (issue 8; RELIABILITY.md): prints a row per fault.
+test-faults: deps
+	$(GO) test -race -count=1 -timeout 10m -tags faults -run TestFault -v ./internal/app/ ./cmd/eventgw/
 
 test-short: deps
 	$(GO) test -count=1 -short ./...
