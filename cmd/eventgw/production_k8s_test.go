@@ -82,10 +82,10 @@ var manifestTypes = map[string]func() any{
 	"apps/v1/Deployment": func() any {
 		return &appsv1.Deployment{}
 	},
-	"policy/v1/PodDisruptionBudget":                                  func() any { return &policyv1.PodDisruptionBudget{} },
+	"policy/v1/PodDisruptionBudget":                                func() any { return &policyv1.PodDisruptionBudget{} },
 	"admissionregistration.k8s.io/v1/MutatingWebhookConfiguration": func() any { return &admissionregistrationv1.MutatingWebhookConfiguration{} },
-	"cert-manager.io/v1/Certificate":                                 func() any { return &cmCertificate{} },
-	"cert-manager.io/v1/Issuer":                                      func() any { return &cmIssuer{} },
+	"cert-manager.io/v1/Certificate":                               func() any { return &cmCertificate{} },
+	"cert-manager.io/v1/Issuer":                                    func() any { return &cmIssuer{} },
 }
 
 // k8sObjects decodes every document of every YAML file under deploy/kubernetes
