@@ -45,9 +45,11 @@ func seqEvent(tenant string, seq int) *eventgwv1.Event {
 	}
 }
 
-// checkSeqOrder checks that the records hold each tenant's events once each (by event
-// id), in sequence order per tenant; it answers how many were read.
-func checkSeqOrder(t *testing.T, recs []*kgo.Record, want map[string]int) {
+// checkSeqOrder checks that the records hold each tenant's events, after removing
+// duplicates by event id, once each and in sequence order per tenant; it answers the
+// duplicates (at least once: a publish whose outcome Kafka did not report may be sent
+// again).
+func checkSeqOrder(t *testing.T, recs []*kgo.Record, want map[string]int) (dups int) {
 	t.Helper()
 	ids := map[string]bool{}
 	last := map[string]int{}
@@ -62,7 +64,8 @@ func checkSeqOrder(t *testing.T, recs []*kgo.Record, want map[string]int) {
 			}
 		}
 		if ids[id] {
-			t.Errorf("event %s is on Kafka twice", id)
+			dups++
+			continue
 		}
 		ids[id] = true
 		var p struct{ Seq int }
@@ -83,6 +86,7 @@ func checkSeqOrder(t *testing.T, recs []*kgo.Record, want map[string]int) {
 			t.Errorf("tenant %s: last seq on Kafka %d, want %d", tenant, last[tenant], n-1)
 		}
 	}
+	return dups
 }
 
 // TestPublishFallbackQueuesWhileKafkaDown: with Kafka failing, Publish, PublishBatch and
@@ -200,7 +204,9 @@ func TestPublishFallbackQueuesWhileKafkaDown(t *testing.T) {
 	if len(recs) != total {
 		t.Errorf("%d records on Kafka, want %d", len(recs), total)
 	}
-	checkSeqOrder(t, recs, want)
+	if dups := checkSeqOrder(t, recs, want); dups != 0 {
+		t.Errorf("%d duplicates on Kafka: the outage began between calls, none was in flight", dups)
+	}
 	waitFor(t, 10*time.Second, "the Kafka breaker to close", func() bool { return strings.HasSuffix(breaker(), "} 0") })
 	metrics = httpGet(t, "http://"+s.app.HTTPAddr()+"/metrics")
 	if !strings.Contains(metrics, fmt.Sprintf("publish_queue_published_total %d", queued)) {
@@ -375,4 +381,73 @@ func TestKafkaAndPostgresDown(t *testing.T) {
 		return dbCount(t, d.dbURL, `SELECT count(*) FROM publish_queue`) == 0
 	})
 	checkSeqOrder(t, testenv.ConsumeAll(t, d.kafka.Brokers, "healthtech.patient.events"), map[string]int{tenantA: 1})
+}
+
+// TestPublishStreamKeepsOrderAcrossOutage: Kafka fails in the middle of a pipelined
+// PublishStream; requests in flight to Kafka when it failed are queued, and the ones
+// after them wait their turn, so on Kafka each tenant's events are still in order.
+func TestPublishStreamKeepsOrderAcrossOutage(t *testing.T) {
+	s := startSidecar(t, func(c *config.Config) { c.BreakerTimeout = 500 * time.Millisecond })
+	tenants := []string{tenantA, "0b7c2a9e-8d1b-4a4e-9f0e-2b9c1d3e4f5b", "1c7c2a9e-8d1b-4a4e-9f0e-2b9c1d3e4f5c"}
+	down := kafkaOutage(s.kafka)
+	next := map[string]int{}
+	for _, tn := range tenants { // the topic exists before the stream starts
+		if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: seqEvent(tn, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		next[tn] = 1
+	}
+	st, err := s.events.PublishStream(callCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const requests = 60
+	recvd := make(chan error, 1)
+	queued := 0
+	go func() {
+		for range requests {
+			resp, err := st.Recv()
+			if err != nil {
+				recvd <- err
+				return
+			}
+			for _, r := range resp.GetResults() {
+				if r.GetResult() == nil {
+					recvd <- fmt.Errorf("request %d: %v", resp.GetRequestId(), r.GetError())
+					return
+				}
+				if r.GetResult().GetQueued() {
+					queued++
+				}
+			}
+		}
+		recvd <- nil
+	}()
+	for req := range requests {
+		if req == 20 {
+			down.Store(true)
+		}
+		evs := make([]*eventgwv1.Event, 0, len(tenants))
+		for _, tn := range tenants {
+			evs = append(evs, seqEvent(tn, next[tn]))
+			next[tn]++
+		}
+		if err := st.Send(&eventgwv1.PublishStreamRequest{RequestId: uint64(req), Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := <-recvd; err != nil {
+		t.Fatal(err)
+	}
+	_ = st.CloseSend()
+	if queued == 0 || queued == requests*len(tenants) {
+		t.Fatalf("%d of %d events queued: the outage did not start mid-stream", queued, requests*len(tenants))
+	}
+	down.Store(false)
+	waitFor(t, 60*time.Second, "the queue to drain", func() bool {
+		return dbCount(t, s.dbURL, `SELECT count(*) FROM publish_queue`) == 0
+	})
+	dups := checkSeqOrder(t, testenv.ConsumeAll(t, s.kafka.Brokers, "healthtech.patient.events"), next)
+	t.Logf("%d of %d events queued; %d duplicates on Kafka (in flight when the connection dropped)", queued, requests*len(tenants), dups)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -79,6 +80,10 @@ type Pending struct {
 	p      *Publisher
 	// queuedDone delivers the outcome of queueing every event (batch == nil).
 	queuedDone chan error
+	// settled is closed when Wait has the outcomes (and has queued what Kafka did not
+	// take).
+	settled    chan struct{}
+	settleOnce sync.Once
 	direct     bool // no fallback: Kafka's outcome is the answer
 	permit     bool // direct, holding a Kafka breaker permit to settle
 }
@@ -106,6 +111,14 @@ func (p *Publisher) withTimeout(ctx context.Context) (context.Context, context.C
 // Start checks and encodes events and hands them to Kafka without waiting, so that a
 // stream can keep many batches in flight. Wait on the result for the outcomes.
 func (p *Publisher) Start(ctx context.Context, events []event.Event) (*Pending, error) {
+	return p.StartAfter(ctx, events, nil)
+}
+
+// StartAfter is Start for a stream whose previous request is after: should this one be
+// queued while after, sent to Kafka, may still be queued, it waits for after to settle
+// first, so that a stream's events keep their order across the switch to queueing.
+// after's Wait must be called independently (the stream's sender does).
+func (p *Publisher) StartAfter(ctx context.Context, events []event.Event, after *Pending) (*Pending, error) {
 	now := time.Now()
 	if len(events) == 0 {
 		return nil, validate.Errorf("events", "is empty: send at least one event")
@@ -137,7 +150,7 @@ func (p *Publisher) Start(ctx context.Context, events []event.Event) (*Pending, 
 		}
 		msgs[i] = &backing[i]
 	}
-	return p.Send(ctx, events, msgs, now)
+	return p.send(ctx, events, msgs, now, after)
 }
 
 // Check runs every check and the encoding of Start on e without sending it (for events
@@ -160,6 +173,10 @@ func (p *Publisher) Encode(e *event.Event, now time.Time) (*sarama.ProducerMessa
 // topics first when needed. With a fallback, while Kafka is unavailable (or this
 // sidecar still has queued events) they go to PostgreSQL's queue instead.
 func (p *Publisher) Send(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time) (*Pending, error) {
+	return p.send(ctx, events, msgs, start, nil)
+}
+
+func (p *Publisher) send(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time, after *Pending) (*Pending, error) {
 	f := p.fb
 	if f == nil {
 		return p.SendDirect(ctx, events, msgs, start)
@@ -180,7 +197,17 @@ func (p *Publisher) Send(ctx context.Context, events []event.Event, msgs []*sara
 		f.mu.RLock()
 	}
 	// Queued mode: the rows are committed before f.mu is released.
-	pend := &Pending{events: events, msgs: msgs, topics: topicsOf(msgs), start: start, p: p, queuedDone: make(chan error, 1)}
+	if after != nil && after.batch != nil && !after.direct {
+		// The previous request went to Kafka and may yet be queued: after it.
+		f.mu.RUnlock()
+		select {
+		case <-after.settled:
+		case <-ctx.Done():
+		}
+		f.mu.RLock()
+	}
+	pend := &Pending{events: events, msgs: msgs, topics: topicsOf(msgs), start: start, p: p,
+		queuedDone: make(chan error, 1), settled: make(chan struct{})}
 	all := make([]int, len(msgs))
 	for i := range all {
 		all[i] = i
@@ -231,7 +258,7 @@ func (p *Publisher) sendKafka(ctx context.Context, events []event.Event, msgs []
 	}
 	b := kafka.NewBatch(len(msgs))
 	p.producer.Send(ctx, b, msgs)
-	return &Pending{events: events, msgs: msgs, topics: topics, batch: b, start: start, p: p}, nil
+	return &Pending{events: events, msgs: msgs, topics: topics, batch: b, start: start, p: p, settled: make(chan struct{})}, nil
 }
 
 // kafkaBudget is how long to wait for Kafka's acknowledgements when the fallback may
@@ -250,6 +277,7 @@ func kafkaBudget(ctx context.Context) (context.Context, context.CancelFunc) {
 // With a fallback, events Kafka did not take for a reason of Kafka's are queued in
 // PostgreSQL and answered Queued.
 func (pd *Pending) Wait(ctx context.Context) []Outcome {
+	defer pd.settleOnce.Do(func() { close(pd.settled) })
 	p := pd.p
 	out := make([]Outcome, len(pd.events))
 	if pd.batch == nil {

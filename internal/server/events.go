@@ -178,6 +178,7 @@ func (s *EventService) PublishStream(stream eventgwv1.EventService_PublishStream
 		sendErr <- err
 	}()
 	var recvErr error
+	var prev *publish.Pending // the last request handed on: queueing keeps the stream's order
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -190,7 +191,10 @@ func (s *EventService) PublishStream(stream eventgwv1.EventService_PublishStream
 		f := inflight{id: req.GetRequestId(), cancel: cancel, ctx: rctx}
 		evs, err := toEvents(req.GetEvents())
 		if err == nil {
-			f.pending, err = s.pub.Start(rctx, evs)
+			f.pending, err = s.pub.StartAfter(rctx, evs, prev)
+		}
+		if f.pending != nil {
+			prev = f.pending
 		}
 		f.err = err
 		select {
