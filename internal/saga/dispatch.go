@@ -53,9 +53,14 @@ type poller struct {
 	worker string
 	max    int
 	wake   chan struct{}
+	// pushed are tasks leased to this stream by a state change of this sidecar (see
+	// Engine.leaseLocally); each has a reserved place in held, so the channel (of
+	// capacity max) never blocks.
+	pushed chan store.ClaimedTask
 
 	mu   sync.Mutex
 	held map[string]struct{}
+	gone bool // the stream ended: pushes are given back
 }
 
 func signal(ch chan struct{}) {
@@ -87,7 +92,10 @@ func (p *poller) heldIDs() []string {
 // another one, or, failing both, every PollInterval. A batch send could not deliver
 // (the stream broke) is given back at once, its attempt not counted.
 func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) error) error {
-	p := &poller{worker: req.WorkerID, max: req.MaxInFlight, wake: make(chan struct{}, 1), held: map[string]struct{}{}}
+	p := &poller{
+		worker: req.WorkerID, max: req.MaxInFlight, wake: make(chan struct{}, 1), held: map[string]struct{}{},
+		pushed: make(chan store.ClaimedTask, req.MaxInFlight),
+	}
 	seen := map[string]bool{}
 	for _, a := range req.Actions {
 		if q := Queue(KindAction, a); !seen[q] {
@@ -124,6 +132,11 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 			case err != nil:
 				e.log.Warn("saga task claim failed; will retry", zap.String("worker_id", p.worker), zap.Error(err))
 			case len(claimed) > 0:
+				ids := make([]string, len(claimed))
+				for i := range claimed {
+					ids[i] = claimed[i].TaskID
+				}
+				e.hold(p, ids)
 				if err := e.deliver(ctx, p, claimed, send); err != nil {
 					return err
 				}
@@ -151,6 +164,19 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 			return ctx.Err()
 		case <-e.stop:
 			return ErrShutdown
+		case c := <-p.pushed:
+			batch := []store.ClaimedTask{c}
+			for more := true; more && len(batch) < maxClaim; {
+				select {
+				case c := <-p.pushed:
+					batch = append(batch, c)
+				default:
+					more = false
+				}
+			}
+			if err := e.deliver(ctx, p, batch, send); err != nil {
+				return err
+			}
 		case <-p.wake:
 		case <-timerC:
 			timer, timerC = nil, nil
@@ -162,15 +188,14 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 	}
 }
 
-// deliver builds the claimed tasks' messages and sends them; when the send fails, the
-// tasks are given back.
+// deliver builds the messages of tasks leased to p (and held) and sends them; when the
+// send fails, the tasks are given back.
 func (e *Engine) deliver(ctx context.Context, p *poller, claimed []store.ClaimedTask, send func([]Task) error) error {
 	tasks := make([]Task, 0, len(claimed))
 	ids := make([]string, len(claimed))
 	for i := range claimed {
 		ids[i] = claimed[i].TaskID
 	}
-	e.hold(p, ids)
 	var err error
 	for i := range claimed {
 		var t Task
@@ -183,14 +208,7 @@ func (e *Engine) deliver(ctx context.Context, p *poller, claimed []store.Claimed
 		err = send(tasks)
 	}
 	if err != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		if rerr := e.st.Release(rctx, ids); rerr != nil {
-			e.log.Warn("giving back undelivered saga tasks failed: they time out instead", zap.Int("tasks", len(ids)), zap.Error(rerr))
-		}
-		cancel()
-		for _, id := range ids {
-			e.unhold(id)
-		}
+		e.giveBack(claimed)
 		return err
 	}
 	now := time.Now()
@@ -239,11 +257,11 @@ func (e *Engine) addPoller(p *poller) error {
 	return nil
 }
 
-// removePoller forgets an ended stream. The tasks it held stay leased: the worker may
-// still answer them (through any sidecar) before their deadline.
+// removePoller forgets an ended stream. The tasks it received stay leased: the worker
+// may still answer them (through any sidecar) before their deadline. Tasks pushed to it
+// that it never sent are given back.
 func (e *Engine) removePoller(p *poller) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	for _, q := range p.queues {
 		delete(e.pollers[q], p)
 		if len(e.pollers[q]) == 0 {
@@ -253,6 +271,128 @@ func (e *Engine) removePoller(p *poller) {
 	for _, id := range p.heldIDs() {
 		delete(e.held, id)
 	}
+	e.mu.Unlock()
+	p.mu.Lock()
+	p.gone = true
+	var unsent []store.ClaimedTask
+	for more := true; more; {
+		select {
+		case c := <-p.pushed:
+			unsent = append(unsent, c)
+		default:
+			more = false
+		}
+	}
+	p.mu.Unlock()
+	if len(unsent) > 0 {
+		e.giveBack(unsent)
+	}
+}
+
+// giveBack makes leased tasks that never reached their worker ready again at once
+// (under new task ids; the attempt is not counted) and wakes their pollers.
+func (e *Engine) giveBack(tasks []store.ClaimedTask) {
+	ids := make([]string, len(tasks))
+	for i := range tasks {
+		ids[i] = tasks[i].TaskID
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err := e.st.Release(ctx, ids)
+	cancel()
+	if err != nil {
+		e.log.Warn("giving back undelivered saga tasks failed: they time out instead", zap.Int("tasks", len(ids)), zap.Error(err))
+	}
+	for i := range tasks {
+		e.unhold(tasks[i].TaskID)
+		if !e.wake(tasks[i].Queue) {
+			e.announce(tasks[i].Queue)
+		}
+	}
+}
+
+// reserve finds a poller of this sidecar with room for a task of queue and holds the
+// task there (nil: none has room).
+func (e *Engine) reserve(queue, taskID string) *poller {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for p := range e.pollers[queue] {
+		p.mu.Lock()
+		ok := !p.gone && len(p.held) < p.max
+		if ok {
+			p.held[taskID] = struct{}{}
+		}
+		p.mu.Unlock()
+		if ok {
+			e.held[taskID] = p
+			return p
+		}
+	}
+	return nil
+}
+
+// push hands a task leased to p to its stream, or gives it back if the stream ended.
+func (e *Engine) push(p *poller, c store.ClaimedTask) {
+	p.mu.Lock()
+	if !p.gone {
+		p.pushed <- c // room was reserved
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	go e.giveBack([]store.ClaimedTask{c})
+}
+
+// localLease is a task a state change leases to a poller of this sidecar.
+type localLease struct {
+	p    *poller
+	task store.ClaimedTask
+}
+
+// leaseLocally leases the tasks a change makes ready now to pollers of this sidecar
+// that have room, in the change itself: their step rows are written leased (deadline
+// now + timeout), so no claim is needed and no other worker can take them. The caller
+// pushes them once the change committed, or unholds them if it did not.
+func (e *Engine) leaseLocally(ch *Change, now time.Time) []localLease {
+	var out []localLease
+	kept := ch.Ready[:0]
+	for _, r := range ch.Ready {
+		if r.At.After(now) {
+			kept = append(kept, r)
+			continue
+		}
+		var row *store.SagaStepRow
+		for i := range ch.Steps {
+			if ch.Steps[i].Index == r.Step && ch.Steps[i].TaskID == r.TaskID {
+				row = &ch.Steps[i]
+			}
+		}
+		var p *poller
+		if row != nil {
+			p = e.reserve(r.Queue, r.TaskID)
+		}
+		if p == nil {
+			kept = append(kept, r)
+			continue
+		}
+		row.TaskState, row.WorkerID = store.TaskLeased, p.worker
+		row.Deadline = now.Add(time.Duration(row.TimeoutMS) * time.Millisecond)
+		attempt := row.Attempt
+		var output []byte
+		if row.TaskKind == KindAction && row.StartedAt.IsZero() {
+			row.StartedAt = now
+		}
+		if row.TaskKind == KindCompensation {
+			attempt, output = row.CompAttempt, row.Output
+		}
+		sg := &ch.Saga
+		out = append(out, localLease{p: p, task: store.ClaimedTask{
+			SagaID: sg.ID, TenantID: sg.TenantID, WorkflowID: sg.WorkflowID, WorkflowVersion: sg.WorkflowVersion,
+			StepIndex: row.Index, TaskID: row.TaskID, Kind: row.TaskKind, Queue: row.Queue, Attempt: attempt,
+			ReadyAt: now, Deadline: row.Deadline, Context: sg.Context, Output: output,
+		}})
+	}
+	ch.Ready = kept
+	return out
 }
 
 func (e *Engine) hold(p *poller, ids []string) {

@@ -39,7 +39,8 @@ type Engine struct {
 	m        *metrics.Saga
 	instance string
 
-	defs sync.Map // defKey → *Definition
+	defs   sync.Map // defKey → *Definition
+	latest sync.Map // workflow id → int32: its latest version, as last seen
 
 	mu      sync.Mutex
 	pollers map[string]map[*poller]struct{} // queue → pollers
@@ -126,6 +127,7 @@ func (e *Engine) Register(ctx context.Context, d *Definition) (int32, bool, erro
 	if err != nil {
 		return 0, false, err
 	}
+	e.latest.Store(d.WorkflowID, v)
 	if created {
 		e.log.Info("workflow registered", zap.String("workflow_id", d.WorkflowID), zap.Int32("version", v), zap.Int("steps", len(d.Steps)))
 	}
@@ -142,7 +144,8 @@ type StartRequest struct {
 }
 
 // Start starts a saga of the workflow's latest version, or (created false) answers the
-// tenant's saga with the same idempotency key.
+// tenant's saga with the same idempotency key. When a worker on this sidecar has room
+// for the first task, the saga is inserted with that task already leased to it.
 func (e *Engine) Start(ctx context.Context, req StartRequest) (store.SagaRow, bool, error) {
 	if len(req.Context) == 0 {
 		req.Context = []byte("{}")
@@ -150,35 +153,79 @@ func (e *Engine) Start(ctx context.Context, req StartRequest) (store.SagaRow, bo
 	if err := checkObject("context", req.Context); err != nil {
 		return store.SagaRow{}, false, err
 	}
-	v, err := e.st.LatestWorkflowVersion(ctx, req.WorkflowID)
+	v, err := e.latestVersion(ctx, req.WorkflowID)
 	if err != nil {
 		return store.SagaRow{}, false, err
 	}
-	d, err := e.def(ctx, req.WorkflowID, v)
-	if err != nil {
-		return store.SagaRow{}, false, err
-	}
-	m := e.machine(d, time.Now())
-	ch := m.Start(store.SagaRow{
-		ID: uuid.Must(uuid.NewV7()).String(), TenantID: req.TenantID, WorkflowID: req.WorkflowID, WorkflowVersion: d.Version,
-		Context: req.Context, IdempotencyKey: req.IdempotencyKey,
-	})
-	sg, created, err := e.st.InsertSaga(ctx, &ch.Saga, &ch.Steps[0], ch.Events)
-	if err != nil {
-		return store.SagaRow{}, false, err
-	}
-	if !created {
-		if sg.WorkflowID != req.WorkflowID {
-			return store.SagaRow{}, false, ErrIdempotencyKeyReused
+	for range 5 {
+		d, err := e.def(ctx, req.WorkflowID, v)
+		if err != nil {
+			return store.SagaRow{}, false, err
 		}
-		return sg, false, nil
+		m := e.machine(d, time.Now())
+		ch := m.Start(store.SagaRow{
+			ID: uuid.Must(uuid.NewV7()).String(), TenantID: req.TenantID, WorkflowID: req.WorkflowID, WorkflowVersion: d.Version,
+			Context: req.Context, IdempotencyKey: req.IdempotencyKey,
+		})
+		first := &ch.Steps[0]
+		p := e.reserve(first.Queue, first.TaskID)
+		if p != nil {
+			first.TaskState, first.WorkerID = store.TaskLeased, p.worker
+		}
+		ins, err := e.st.InsertSaga(ctx, &ch.Saga, first, ch.Events)
+		if err != nil || !ins.Created {
+			if p != nil {
+				e.unhold(first.TaskID)
+			}
+		}
+		switch {
+		case err != nil:
+			return store.SagaRow{}, false, err
+		case ins.Stale:
+			v = ins.Latest
+			e.latest.Store(req.WorkflowID, v)
+			continue
+		case !ins.Created && ins.Saga.WorkflowID != req.WorkflowID:
+			return store.SagaRow{}, false, ErrIdempotencyKeyReused
+		case !ins.Created:
+			return ins.Saga, false, nil
+		}
+		sg := ins.Saga
+		e.m.Started.WithLabelValues(e.cfg.Service, sg.WorkflowID).Inc()
+		if ce := e.log.Check(zap.DebugLevel, "saga started"); ce != nil {
+			ce.Write(zap.String("saga_id", sg.ID), zap.String("workflow_id", sg.WorkflowID), zap.Int32("version", sg.WorkflowVersion))
+		}
+		if p != nil {
+			ch.Ready = nil
+			e.push(p, store.ClaimedTask{
+				SagaID: sg.ID, TenantID: sg.TenantID, WorkflowID: sg.WorkflowID, WorkflowVersion: sg.WorkflowVersion,
+				TaskID: first.TaskID, Kind: KindAction, Queue: first.Queue, Attempt: 1,
+				ReadyAt: sg.CreatedAt, Deadline: ins.Deadline, Context: sg.Context,
+			})
+		}
+		ch.Saga.UpdatedAt = sg.CreatedAt
+		for i := range ch.Ready {
+			ch.Ready[i].At = sg.CreatedAt
+		}
+		e.after(&ch)
+		return sg, true, nil
 	}
-	e.m.Started.WithLabelValues(e.cfg.Service, sg.WorkflowID).Inc()
-	if ce := e.log.Check(zap.DebugLevel, "saga started"); ce != nil {
-		ce.Write(zap.String("saga_id", sg.ID), zap.String("workflow_id", sg.WorkflowID), zap.Int32("version", sg.WorkflowVersion))
+	return store.SagaRow{}, false, errors.New("saga: the workflow's latest version kept changing")
+}
+
+// latestVersion answers a workflow's latest version: remembered once read (this
+// sidecar's registrations update it; a start with a version another sidecar has since
+// superseded is refused by the insert, which answers the latest).
+func (e *Engine) latestVersion(ctx context.Context, id string) (int32, error) {
+	if v, ok := e.latest.Load(id); ok {
+		return v.(int32), nil
 	}
-	e.after(&ch)
-	return sg, true, nil
+	v, err := e.st.LatestWorkflowVersion(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	e.latest.Store(id, v)
+	return v, nil
 }
 
 // View is a saga as GetSaga shows it.
@@ -277,8 +324,15 @@ func (e *Engine) transition(ctx context.Context, lock func() (*store.SagaTx, err
 			tx.Rollback()
 			return ch, err
 		}
+		pushes := e.leaseLocally(&ch, tx.Now)
 		if err := tx.Commit(ctx, &ch.Saga, ch.Steps, ch.Events); err != nil {
+			for _, p := range pushes {
+				e.unhold(p.task.TaskID)
+			}
 			return Change{}, err
+		}
+		for _, p := range pushes {
+			e.push(p.p, p.task)
 		}
 		e.after(&ch)
 		return ch, nil

@@ -131,8 +131,10 @@ type Change struct {
 
 // Ready is a task made ready.
 type Ready struct {
-	Queue string
-	At    time.Time
+	Queue  string
+	At     time.Time
+	TaskID string
+	Step   int
 }
 
 // Duration is how long an answered attempt ran.
@@ -207,7 +209,7 @@ func (ch *change) schedule(st *store.SagaStepRow, kind int, at time.Time) {
 	st.TaskID, st.TaskState, st.TaskKind, st.Queue = ch.m.NewTaskID(), store.TaskReady, kind, Queue(kind, name)
 	st.TimeoutMS = int(def.Timeout() / time.Millisecond)
 	st.ReadyAt, st.Deadline, st.WorkerID = at, time.Time{}, ""
-	ch.c.Ready = append(ch.c.Ready, Ready{Queue: st.Queue, At: at})
+	ch.c.Ready = append(ch.c.Ready, Ready{Queue: st.Queue, At: at, TaskID: st.TaskID, Step: st.Index})
 }
 
 func clearTask(st *store.SagaStepRow) {

@@ -205,53 +205,85 @@ func stringOf(s *string) string {
 	return *s
 }
 
-// insertSagaSQL inserts a saga, its first step and its events in one statement (and
-// transaction), unless the tenant already has a saga with the idempotency key: then it
-// inserts nothing and answers no row.
-const insertSagaSQL = `WITH s AS (
+// insertSagaSQL inserts a saga of workflow version $4, its first step and its events in
+// one statement (and transaction), unless $4 is no longer the workflow's latest version
+// or the tenant already has a saga with the idempotency key: then it inserts nothing.
+// It answers the saga's creation time (NULL: nothing inserted), the workflow's latest
+// version and the first task's deadline (when it is inserted leased, $12 'leased').
+const insertSagaSQL = `WITH v AS (
+	SELECT max(version) AS latest FROM saga_workflows WHERE workflow_id = $3
+), s AS (
 	INSERT INTO sagas (saga_id, tenant_id, workflow_id, workflow_version, state, current_step, context,
 	                   idempotency_key, created_at, updated_at)
-	VALUES ($1::uuid, $2::uuid, $3, $4, $5, 0, $6::jsonb, $7, now(), now())
+	SELECT $1::uuid, $2::uuid, $3, $4, $5, 0, $6::jsonb, $7, now(), now() FROM v WHERE v.latest = $4
 	ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 	RETURNING saga_id, created_at
 ), st AS (
 	INSERT INTO saga_steps (saga_id, step_index, status, attempt, task_id, task_state, task_kind, queue,
-	                        timeout_ms, ready_at, scheduled_at)
-	SELECT s.saga_id, 0, $8, 1, $9::uuid, 'ready', 1, $10, $11, now(), now() FROM s
+	                        timeout_ms, ready_at, scheduled_at, worker_id, deadline, started_at)
+	SELECT s.saga_id, 0, $8, 1, $9::uuid, $12::varchar, 1, $10, $11::int, now(), now(), $13::varchar,
+	       CASE WHEN $12::varchar = 'leased' THEN now() + $11::int * interval '1 millisecond' END,
+	       CASE WHEN $12::varchar = 'leased' THEN now() END
+	  FROM s
+	RETURNING deadline
 ), ev AS (
 	INSERT INTO stored_events (event_id, tenant_id, aggregate_type, aggregate_id, version, event_type,
 	                           event_data, occurred_at, metadata, position)
 	SELECT u.id, $2::uuid, 'Saga', s.saga_id, u.ord, u.typ, u.dat::jsonb, now(), u.meta::jsonb,
 	       (pg_current_xact_id()::text::bigint << 10) + u.ord - 1
-	  FROM s, unnest($12::uuid[], $13::text[], $14::text[], $15::text[]) WITH ORDINALITY AS u(id, typ, dat, meta, ord)
+	  FROM s, unnest($14::uuid[], $15::text[], $16::text[], $17::text[]) WITH ORDINALITY AS u(id, typ, dat, meta, ord)
 )
-SELECT created_at FROM s`
+SELECT (SELECT created_at FROM s), (SELECT latest FROM v), (SELECT deadline FROM st)`
 
-// InsertSaga inserts a new saga with its first step (whose task is ready) and its
-// events, in one transaction; its times are the database's clock. When the tenant already has a saga with the same
-// idempotency key, nothing is written and that saga is answered with created false.
-func (s *Sagas) InsertSaga(ctx context.Context, sg *SagaRow, first *SagaStepRow, events []SagaEvent) (SagaRow, bool, error) {
+// Inserted is what InsertSaga did.
+type Inserted struct {
+	// Saga is the saga inserted (its times the database's clock), or the tenant's saga
+	// with the same idempotency key.
+	Saga    SagaRow
+	Created bool
+	// Stale: the version given is not the workflow's latest (Latest is): nothing was
+	// inserted.
+	Stale  bool
+	Latest int32
+	// Deadline is the first task's when it was inserted leased.
+	Deadline time.Time
+}
+
+// InsertSaga inserts a new saga of sg.WorkflowVersion with its first step (whose task
+// is ready, or leased to first.WorkerID when first.TaskState is TaskLeased) and its
+// events, in one transaction; its times are the database's clock. Nothing is written
+// when that version is no longer the workflow's latest (Stale), or when the tenant
+// already has a saga with the same idempotency key (that saga is answered, Created
+// false). ErrWorkflowNotFound when the workflow has no version.
+func (s *Sagas) InsertSaga(ctx context.Context, sg *SagaRow, first *SagaStepRow, events []SagaEvent) (Inserted, error) {
 	ids, types, data, meta := sagaEventColumns(events)
-	var created time.Time
+	state := first.TaskState
+	if state == "" {
+		state = TaskReady
+	}
+	var created, deadline *time.Time
+	var latest *int32
 	err := s.pool.QueryRow(ctx, insertSagaSQL, sg.ID, sg.TenantID, sg.WorkflowID, sg.WorkflowVersion, sg.State,
 		string(sg.Context), nullString(sg.IdempotencyKey),
-		first.Status, first.TaskID, first.Queue, first.TimeoutMS, ids, types, data, meta).Scan(&created)
+		first.Status, first.TaskID, first.Queue, first.TimeoutMS, state, nullString(first.WorkerID),
+		ids, types, data, meta).Scan(&created, &latest, &deadline)
+	if err != nil {
+		return Inserted{}, fmt.Errorf("insert saga: %w", err)
+	}
 	switch {
-	case err == nil:
+	case latest == nil:
+		return Inserted{}, ErrWorkflowNotFound
+	case created != nil:
 		out := *sg
-		out.CreatedAt, out.UpdatedAt = created, created
-		return out, true, nil
-	case errors.Is(err, pgx.ErrNoRows):
-		// The key is taken; the saga that holds it is committed (the unique index
-		// waited for it).
-		existing, err := s.sagaByKey(ctx, sg.TenantID, sg.IdempotencyKey)
-		return existing, false, err
+		out.CreatedAt, out.UpdatedAt = *created, *created
+		return Inserted{Saga: out, Created: true, Latest: *latest, Deadline: timeOf(deadline)}, nil
+	case *latest != sg.WorkflowVersion:
+		return Inserted{Stale: true, Latest: *latest}, nil
 	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23503" {
-		return SagaRow{}, false, ErrWorkflowNotFound
-	}
-	return SagaRow{}, false, fmt.Errorf("insert saga: %w", err)
+	// The key is taken; the saga that holds it is committed (the unique index waited
+	// for it).
+	existing, err := s.sagaByKey(ctx, sg.TenantID, sg.IdempotencyKey)
+	return Inserted{Saga: existing, Latest: *latest}, err
 }
 
 func sagaEventColumns(events []SagaEvent) (ids, types, data, meta []string) {
@@ -288,12 +320,14 @@ const stepColumns = `step_index, status, attempt, comp_attempt, task_id, coalesc
 	coalesce(queue, ''), timeout_ms, ready_at, deadline, coalesce(worker_id, ''), output, error_type, error_message,
 	scheduled_at, started_at, finished_at, comp_scheduled_at, compensated_at`
 
-func scanStep(row pgx.Row, st *SagaStepRow) error {
+// scanStep scans stepColumns, and then extra columns into extra.
+func scanStep(row pgx.Row, st *SagaStepRow, extra ...any) error {
 	var task *uuid.UUID
 	var ready, deadline, sched, started, finished, compSched, compensated *time.Time
-	if err := row.Scan(&st.Index, &st.Status, &st.Attempt, &st.CompAttempt, &task, &st.TaskState, &st.TaskKind,
+	dest := []any{&st.Index, &st.Status, &st.Attempt, &st.CompAttempt, &task, &st.TaskState, &st.TaskKind,
 		&st.Queue, &st.TimeoutMS, &ready, &deadline, &st.WorkerID, &st.Output, &st.ErrorType, &st.ErrorMessage,
-		&sched, &started, &finished, &compSched, &compensated); err != nil {
+		&sched, &started, &finished, &compSched, &compensated}
+	if err := row.Scan(append(dest, extra...)...); err != nil {
 		return err
 	}
 	if task != nil {
@@ -317,7 +351,7 @@ func (s *Sagas) sagaByKey(ctx context.Context, tenant, key string) (SagaRow, err
 }
 
 // SagaTx is one state change of a saga in progress: its transaction holds the saga's
-// row lock and its steps' row locks. Finish it with Commit or Rollback.
+// row lock (and, for LockSaga, its steps' row locks). Finish it with Commit or Rollback.
 type SagaTx struct {
 	conn *pgxpool.Conn
 	// Now is the database's clock once the locks were taken.
@@ -327,27 +361,32 @@ type SagaTx struct {
 	done  bool
 }
 
-// lockSQL locks a saga's row: the first statement of every state change, so that the
-// transaction's id is taken here and later changes of the saga get later positions.
+// lockByTaskSQL locks the saga of a task: the first statement of every state change, so
+// that the transaction's id is taken here and later changes of the saga get later
+// positions. FOR NO KEY UPDATE: the saga's key does not change (foreign keys to it may
+// still be checked meanwhile).
 const lockByTaskSQL = `SELECT ` + sagaColumns + ` FROM sagas
-	WHERE saga_id = (SELECT saga_id FROM saga_steps WHERE task_id = $1::uuid) FOR UPDATE`
+	WHERE saga_id = (SELECT saga_id FROM saga_steps WHERE task_id = $1::uuid) FOR NO KEY UPDATE`
 
-const lockBySagaSQL = `SELECT ` + sagaColumns + ` FROM sagas WHERE saga_id = $1::uuid AND tenant_id = $2::uuid FOR UPDATE`
+const lockBySagaSQL = `SELECT ` + sagaColumns + ` FROM sagas WHERE saga_id = $1::uuid AND tenant_id = $2::uuid FOR NO KEY UPDATE`
 
-// LockByTask begins the state change answering task taskID: it locks the saga of the
-// task and its steps. ErrTaskNotLeased when no saga has a step with that live task
-// id (the caller checks the step is still leased).
+// LockByTask begins the state change answering task taskID: it locks the task's saga
+// and reads its steps. ErrTaskNotLeased when no saga has a step with that live task id
+// (the caller checks the step is still leased). The steps are not row-locked: under
+// the saga's lock only Claim (which takes ready tasks, never the leased one answered)
+// and Release (of tasks never delivered, so never answered) change them.
 func (s *Sagas) LockByTask(ctx context.Context, taskID string) (*SagaTx, error) {
-	return s.lock(ctx, lockByTaskSQL, []any{taskID}, `saga_id = (SELECT saga_id FROM saga_steps WHERE task_id = $1::uuid)`, ErrTaskNotLeased)
+	return s.lock(ctx, lockByTaskSQL, []any{taskID}, `saga_id = (SELECT saga_id FROM saga_steps WHERE task_id = $1::uuid)`, "", ErrTaskNotLeased)
 }
 
 // LockSaga begins a state change of tenant's saga sagaID (ErrSagaNotFound when the
-// tenant has none).
+// tenant has none). It also locks the saga's steps, so that no claim leases a ready
+// task of the saga while the change decides about it.
 func (s *Sagas) LockSaga(ctx context.Context, tenant, sagaID string) (*SagaTx, error) {
-	return s.lock(ctx, lockBySagaSQL, []any{sagaID, tenant}, `saga_id = $1::uuid`, ErrSagaNotFound)
+	return s.lock(ctx, lockBySagaSQL, []any{sagaID, tenant}, `saga_id = $1::uuid`, ` FOR NO KEY UPDATE`, ErrSagaNotFound)
 }
 
-func (s *Sagas) lock(ctx context.Context, lockSQL string, args []any, stepsWhere string, notFound error) (*SagaTx, error) {
+func (s *Sagas) lock(ctx context.Context, lockSQL string, args []any, stepsWhere, stepsLock string, notFound error) (*SagaTx, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("saga: %w", err)
@@ -356,10 +395,9 @@ func (s *Sagas) lock(ctx context.Context, lockSQL string, args []any, stepsWhere
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
 	b.Queue(lockSQL, args...)
-	// After the saga's lock: its steps (their row locks keep a claim from taking a
-	// ready task while this change runs), then the clock.
-	b.Queue(`SELECT `+stepColumns+` FROM saga_steps WHERE `+stepsWhere+` ORDER BY step_index FOR UPDATE`, args[0])
-	b.Queue(`SELECT clock_timestamp()`)
+	// After the saga's lock (a statement of its own: a new snapshot): its steps, and
+	// the clock.
+	b.Queue(`SELECT `+stepColumns+`, clock_timestamp() FROM saga_steps WHERE `+stepsWhere+` ORDER BY step_index`+stepsLock, args[0])
 	br := conn.SendBatch(ctx, b)
 	err = func() error {
 		if _, err := br.Exec(); err != nil {
@@ -374,7 +412,7 @@ func (s *Sagas) lock(ctx context.Context, lockSQL string, args []any, stepsWhere
 		}
 		for rows.Next() {
 			var st SagaStepRow
-			if err := scanStep(rows, &st); err != nil {
+			if err := scanStep(rows, &st, &t.Now); err != nil {
 				rows.Close()
 				return err
 			}
@@ -383,7 +421,10 @@ func (s *Sagas) lock(ctx context.Context, lockSQL string, args []any, stepsWhere
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		return br.QueryRow().Scan(&t.Now)
+		if len(t.Steps) == 0 {
+			return pgx.ErrNoRows
+		}
+		return nil
 	}()
 	if cerr := br.Close(); err == nil && cerr != nil {
 		err = cerr
@@ -413,58 +454,75 @@ func (t *SagaTx) Rollback() {
 	t.conn.Release()
 }
 
-const updateSagaSQL = `UPDATE sagas SET state = $2, current_step = $3, context = $4::jsonb, cancel_requested = $5,
-	error_type = $6, error_message = $7, failed_step = $8, updated_at = $9, ended_at = $10
-	WHERE saga_id = $1::uuid`
-
-const upsertStepSQL = `INSERT INTO saga_steps (saga_id, step_index, status, attempt, comp_attempt, task_id, task_state,
-	task_kind, queue, timeout_ms, ready_at, deadline, worker_id, output, error_type, error_message, scheduled_at,
-	started_at, finished_at, comp_scheduled_at, compensated_at)
-VALUES ($1::uuid, $2, $3, $4, $5, $6::uuid, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15, $16, $17, $18, $19, $20, $21)
-ON CONFLICT (saga_id, step_index) DO UPDATE SET status = EXCLUDED.status, attempt = EXCLUDED.attempt,
-	comp_attempt = EXCLUDED.comp_attempt, task_id = EXCLUDED.task_id, task_state = EXCLUDED.task_state,
-	task_kind = EXCLUDED.task_kind, queue = EXCLUDED.queue, timeout_ms = EXCLUDED.timeout_ms,
-	ready_at = EXCLUDED.ready_at, deadline = EXCLUDED.deadline, worker_id = EXCLUDED.worker_id,
-	output = EXCLUDED.output, error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message,
-	scheduled_at = EXCLUDED.scheduled_at, started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
-	comp_scheduled_at = EXCLUDED.comp_scheduled_at, compensated_at = EXCLUDED.compensated_at`
-
-// insertEventsSQL appends saga events after the saga's latest one; it is the only
-// insert into stored_events of its transaction (positions are the transaction id and
-// the event's index).
-const insertEventsSQL = `INSERT INTO stored_events (event_id, tenant_id, aggregate_type, aggregate_id, version,
-	event_type, event_data, occurred_at, metadata, position)
-SELECT u.id, $1::uuid, 'Saga', $2::uuid, v.base + u.ord, u.typ, u.dat::jsonb, $3, u.meta::jsonb,
-       (pg_current_xact_id()::text::bigint << 10) + u.ord - 1
-  FROM (SELECT coalesce(max(version), 0) AS base FROM stored_events WHERE aggregate_id = $2::uuid) v,
-       unnest($4::uuid[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS u(id, typ, dat, meta, ord)`
+// writeSQL writes a state change in one statement: the saga's row, its steps' rows
+// (whole, inserted or replaced) and its events, appended after the saga's latest one
+// (the only insert into stored_events of the transaction: positions are the
+// transaction id and the event's index).
+const writeSQL = `WITH sg AS (
+	UPDATE sagas SET state = $2, current_step = $3, context = $4::jsonb, cancel_requested = $5,
+	       error_type = $6, error_message = $7, failed_step = $8, updated_at = $9, ended_at = $10
+	 WHERE saga_id = $1::uuid
+), st AS (
+	INSERT INTO saga_steps (saga_id, step_index, status, attempt, comp_attempt, task_id, task_state, task_kind, queue,
+	                        timeout_ms, ready_at, deadline, worker_id, output, error_type, error_message, scheduled_at,
+	                        started_at, finished_at, comp_scheduled_at, compensated_at)
+	SELECT $1::uuid, u.* FROM unnest($11::smallint[], $12::varchar[], $13::int[], $14::int[], $15::uuid[], $16::varchar[],
+	       $17::smallint[], $18::varchar[], $19::int[], $20::timestamptz[], $21::timestamptz[], $22::varchar[], $23::jsonb[],
+	       $24::varchar[], $25::text[], $26::timestamptz[], $27::timestamptz[], $28::timestamptz[], $29::timestamptz[],
+	       $30::timestamptz[]) AS u
+	ON CONFLICT (saga_id, step_index) DO UPDATE SET status = EXCLUDED.status, attempt = EXCLUDED.attempt,
+	       comp_attempt = EXCLUDED.comp_attempt, task_id = EXCLUDED.task_id, task_state = EXCLUDED.task_state,
+	       task_kind = EXCLUDED.task_kind, queue = EXCLUDED.queue, timeout_ms = EXCLUDED.timeout_ms,
+	       ready_at = EXCLUDED.ready_at, deadline = EXCLUDED.deadline, worker_id = EXCLUDED.worker_id,
+	       output = EXCLUDED.output, error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message,
+	       scheduled_at = EXCLUDED.scheduled_at, started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+	       comp_scheduled_at = EXCLUDED.comp_scheduled_at, compensated_at = EXCLUDED.compensated_at
+), ev AS (
+	INSERT INTO stored_events (event_id, tenant_id, aggregate_type, aggregate_id, version,
+	                           event_type, event_data, occurred_at, metadata, position)
+	SELECT u.id, $31::uuid, 'Saga', $1::uuid, v.base + u.ord, u.typ, u.dat::jsonb, $9, u.meta::jsonb,
+	       (pg_current_xact_id()::text::bigint << 10) + u.ord - 1
+	  FROM (SELECT coalesce(max(version), 0) AS base FROM stored_events WHERE aggregate_id = $1::uuid) v,
+	       unnest($32::uuid[], $33::text[], $34::text[], $35::text[]) WITH ORDINALITY AS u(id, typ, dat, meta, ord)
+)
+SELECT 1`
 
 // Commit writes the saga's new row, the steps given (whole rows, inserted or
-// replaced) and the events, and commits.
+// replaced) and the events, and commits: one round trip.
 func (t *SagaTx) Commit(ctx context.Context, sg *SagaRow, steps []SagaStepRow, events []SagaEvent) error {
-	b := &pgx.Batch{}
-	b.Queue(updateSagaSQL, sg.ID, sg.State, sg.CurrentStep, string(sg.Context), sg.CancelRequested,
-		sg.ErrorType, sg.ErrorMessage, failedStep(sg.FailedStep), sg.UpdatedAt, nullTime(sg.EndedAt))
+	n := len(steps)
+	var (
+		idx                                 = make([]int16, n)
+		status, taskState, queue, worker    = make([]string, n), make([]*string, n), make([]*string, n), make([]*string, n)
+		attempt, compAttempt, timeout       = make([]int32, n), make([]int32, n), make([]int32, n)
+		kind                                = make([]int16, n)
+		taskID                              = make([]*string, n)
+		ready, deadline                     = make([]*time.Time, n), make([]*time.Time, n)
+		output                              = make([]*string, n)
+		errType, errMsg                     = make([]string, n), make([]string, n)
+		sched, started, finished, compSched = make([]*time.Time, n), make([]*time.Time, n), make([]*time.Time, n), make([]*time.Time, n)
+		compensated                         = make([]*time.Time, n)
+	)
 	for i := range steps {
 		st := &steps[i]
-		var out *string
+		idx[i], status[i], attempt[i], compAttempt[i] = int16(st.Index), st.Status, int32(st.Attempt), int32(st.CompAttempt)
+		taskID[i], taskState[i], kind[i], queue[i] = nullString(st.TaskID), nullString(st.TaskState), int16(st.TaskKind), nullString(st.Queue)
+		timeout[i], ready[i], deadline[i], worker[i] = int32(st.TimeoutMS), nullTime(st.ReadyAt), nullTime(st.Deadline), nullString(st.WorkerID)
 		if st.Output != nil {
 			o := string(st.Output)
-			out = &o
+			output[i] = &o
 		}
-		var state *string
-		if st.TaskState != "" {
-			state = &st.TaskState
-		}
-		b.Queue(upsertStepSQL, sg.ID, st.Index, st.Status, st.Attempt, st.CompAttempt, nullString(st.TaskID), state,
-			st.TaskKind, nullString(st.Queue), st.TimeoutMS, nullTime(st.ReadyAt), nullTime(st.Deadline),
-			nullString(st.WorkerID), out, st.ErrorType, st.ErrorMessage, nullTime(st.ScheduledAt), nullTime(st.StartedAt),
-			nullTime(st.FinishedAt), nullTime(st.CompScheduledAt), nullTime(st.CompensatedAt))
+		errType[i], errMsg[i] = st.ErrorType, st.ErrorMessage
+		sched[i], started[i], finished[i] = nullTime(st.ScheduledAt), nullTime(st.StartedAt), nullTime(st.FinishedAt)
+		compSched[i], compensated[i] = nullTime(st.CompScheduledAt), nullTime(st.CompensatedAt)
 	}
-	if len(events) > 0 {
-		ids, types, data, meta := sagaEventColumns(events)
-		b.Queue(insertEventsSQL, sg.TenantID, sg.ID, t.Now, ids, types, data, meta)
-	}
+	ids, types, data, meta := sagaEventColumns(events)
+	b := &pgx.Batch{}
+	b.Queue(writeSQL, sg.ID, sg.State, sg.CurrentStep, string(sg.Context), sg.CancelRequested,
+		sg.ErrorType, sg.ErrorMessage, failedStep(sg.FailedStep), t.Now, nullTime(sg.EndedAt),
+		idx, status, attempt, compAttempt, taskID, taskState, kind, queue, timeout, ready, deadline, worker, output,
+		errType, errMsg, sched, started, finished, compSched, compensated,
+		sg.TenantID, ids, types, data, meta)
 	b.Queue(`COMMIT`)
 	err := t.conn.SendBatch(ctx, b).Close()
 	if err != nil {
