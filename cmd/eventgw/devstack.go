@@ -37,8 +37,8 @@ devstack flags (the dev-* flags and --data-dir of serve, with the same defaults)
 // devstackFlags are the serve flags devstack takes, with serve's defaults.
 var devstackFlags = []string{"dev-kafka-ports", "dev-registry-addr", "dev-postgres-port", "data-dir"}
 
-func runDevstack(args []string, stdout, stderr io.Writer) int {
-	var cfg config.Config
+// newDevstackFlags defines devstack's flags, setting cfg's dev fields and database.
+func newDevstackFlags(cfg *config.Config, database *string) *flag.FlagSet {
 	serveFS := flag.NewFlagSet("serve", flag.ContinueOnError)
 	cfg.Register(serveFS)
 	fs := flag.NewFlagSet("devstack", flag.ContinueOnError)
@@ -46,7 +46,14 @@ func runDevstack(args []string, stdout, stderr io.Writer) int {
 		f := serveFS.Lookup(name)
 		fs.Var(f.Value, f.Name, f.Usage)
 	}
-	database := fs.String("database", "eventgw", "database created in the PostgreSQL cluster for the sidecars")
+	fs.StringVar(database, "database", "eventgw", "database created in the PostgreSQL cluster for the sidecars")
+	return fs
+}
+
+func runDevstack(args []string, stdout, stderr io.Writer) int {
+	var cfg config.Config
+	database := new(string)
+	fs := newDevstackFlags(&cfg, database)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, devstackUsage); fs.PrintDefaults() }
 	if err := config.Parse(fs, args); err != nil {
