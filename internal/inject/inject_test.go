@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	admissionv1 "k8s.io/api/admission/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -488,5 +489,67 @@ func TestServeTLS(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Serve: %v", err)
+	}
+}
+
+// TestRender: Pods and workloads get the sidecar, other documents pass through, a bad
+// annotation names its document, and rendering an injected manifest changes nothing.
+func TestRender(t *testing.T) {
+	in := testInjector(t, nil)
+	src := `# comment
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {a: b}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: one
+  annotations: {eventgw.io/inject: "true", eventgw.io/service-name: one}
+spec:
+  containers: [{name: app, image: app:1}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: two}
+spec:
+  serviceName: two
+  selector: {matchLabels: {app: two}}
+  template:
+    metadata:
+      labels: {app: two}
+      annotations: {eventgw.io/inject: "true"}
+    spec:
+      containers: [{name: app, image: app:1}]
+`
+	out, err := in.Render([]byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := SplitYAML(out)
+	if len(docs) != 3 || !strings.Contains(string(docs[0]), "kind: ConfigMap") || strings.Contains(string(docs[0]), "# comment") {
+		t.Fatalf("documents: %q", docs)
+	}
+	var pod corev1.Pod
+	if err := yaml.UnmarshalStrict(docs[1], &pod); err != nil {
+		t.Fatal(err)
+	}
+	checkInjected(t, &pod)
+	var ss appsv1.StatefulSet
+	if err := yaml.UnmarshalStrict(docs[2], &ss); err != nil {
+		t.Fatal(err)
+	}
+	checkInjected(t, &corev1.Pod{ObjectMeta: ss.Spec.Template.ObjectMeta, Spec: ss.Spec.Template.Spec})
+	if !slices.Contains(ss.Spec.Template.Spec.InitContainers[0].Args, "--service-name=two") {
+		t.Errorf("service name not from the template's app label: %q", ss.Spec.Template.Spec.InitContainers[0].Args)
+	}
+	again, err := in.Render(out)
+	if err != nil || string(again) != string(out) {
+		t.Errorf("rendering twice changed the manifest (%v)", err)
+	}
+	_, err = in.Render([]byte(strings.Replace(src, `eventgw.io/service-name: one`, `eventgw.io/service-name: "o n e"`, 1)))
+	if err == nil || !strings.Contains(err.Error(), "document 2") || !strings.Contains(err.Error(), AnnotationServiceName) {
+		t.Errorf("bad annotation: %v", err)
 	}
 }
