@@ -155,12 +155,14 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	routes, _ := cfg.RouteMap()
 	retention, _ := cfg.RetentionMap()
 	a.Router = kafka.NewRouter(cfg.TopicPrefix, routes)
+	a.Router.SetCacheLimit(cfg.MaxEventTypes)
 	settings := kafka.DefaultTopicSettings()
 	settings.Partitions = int32(cfg.Partitions)
 	settings.MaxReplication = int16(cfg.Replication)
 	settings.MinInsyncReplicas = int16(cfg.MinInsyncReplicas)
 	settings.DefaultRetention = cfg.Retention
 	settings.MaxMessageBytes = kafka.MaxMessageBytes(cfg.MaxEventBytes)
+	settings.MaxTopics = cfg.MaxTopics
 	for d, r := range retention {
 		settings.Retention[d] = r
 	}
@@ -176,6 +178,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	}
 
 	m := metrics.New(a.Registry)
+	m.SetLabelLimits(cfg.MetricsMaxServices, cfg.MetricsMaxEventTypes, cfg.MetricsMaxSubscriptions)
 	a.Breakers = newBreakers(cfg, a.Registry, log)
 	pg := store.WithBreaker(a.Breakers.Postgres)
 
@@ -231,7 +234,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		return nil, err
 	}
 	a.grpcSrv, a.health = server.NewGRPC(server.Options{
-		MaxRecvBytes: cfg.MaxRequestBytes, Registerer: a.Registry, Log: log,
+		MaxRecvBytes: cfg.RequestBytes(), Registerer: a.Registry, Log: log,
 	}, server.Services{
 		Events:     server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log).WithSubscriptions(a.Subs),
 		Sagas:      sagas,

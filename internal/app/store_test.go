@@ -829,11 +829,12 @@ func TestReplayIntoTopic(t *testing.T) {
 		newEv(t, "patient.created", map[string]any{"other": "tenant"}))); err != nil {
 		t.Fatal(err)
 	}
-	got := replayAll(t, s, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, TargetTopic: "projections.patient.rebuild"})
+	const target = "healthtech.patient_rebuild.events"
+	got := replayAll(t, s, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, TargetTopic: target})
 	if len(got) != 5 {
 		t.Fatalf("replayed %d events, want 5", len(got))
 	}
-	recs := testenv.ConsumeAll(t, s.kafka.Brokers, "projections.patient.rebuild")
+	recs := testenv.ConsumeAll(t, s.kafka.Brokers, target)
 	if len(recs) != 5 {
 		t.Fatalf("%d records in the target topic, want 5", len(recs))
 	}
@@ -845,9 +846,15 @@ func TestReplayIntoTopic(t *testing.T) {
 			t.Errorf("record %d: aggregate version %q", i, v)
 		}
 	}
-	st, _ := s.store.ReplayEvents(ctx, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, TargetTopic: "bad topic!"})
-	if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
-		t.Errorf("bad target topic: %v", err)
+	// Only the gateway's own topics: never Kafka's internal ones or another application's.
+	for _, bad := range []string{"bad topic!", "__consumer_offsets", "__transaction_state", "projections.patient.rebuild", "healthtech.patient"} {
+		st, _ := s.store.ReplayEvents(ctx, &eventgwv1.ReplayEventsRequest{TenantId: tenantA, TargetTopic: bad})
+		if _, err := st.Recv(); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("target topic %q: %v, want InvalidArgument", bad, err)
+		}
+	}
+	if n := topicCount(t, s.kafka.Brokers, "projections.patient.rebuild"); n != 0 {
+		t.Errorf("%d records written outside the gateway's namespace", n)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/peterbourgon/ff/v3"
 
+	"github.com/eventgw/eventgw/internal/metrics"
 	"github.com/eventgw/eventgw/internal/resilience"
 )
 
@@ -60,6 +61,23 @@ type Config struct {
 	SubscribeSessionTimeout time.Duration
 	SubscribeMaxHeldBytes   int
 
+	// Memory bounds (README "Memory"): what callers can make the sidecar hold.
+	PublishStreamBudgetBytes int
+	PublishBudgetBytes       int
+	UnaryBudgetBytes         int
+	GRPCMaxConnections       int
+	GRPCMaxConcurrentStreams int
+	GRPCRecvTimeout          time.Duration
+	GRPCMaxReceivingBytes    int
+	AppendQueueBytes         int
+	// What callers can make the sidecar grow: topics, the router's cache and the label
+	// values of metrics.
+	MaxTopics               int
+	MaxEventTypes           int
+	MetricsMaxServices      int
+	MetricsMaxEventTypes    int
+	MetricsMaxSubscriptions int
+
 	// The guide's circuit breaker settings, one breaker per dependency.
 	BreakerFailureThreshold    int
 	BreakerSuccessThreshold    int
@@ -98,13 +116,26 @@ func (c *Config) Register(fs *flag.FlagSet) {
 
 	fs.IntVar(&c.MaxBatch, "max-batch", 1000, "most events in one PublishBatch or PublishStream request")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", 1<<20, "largest event payload in bytes (as sent and as encoded)")
-	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", 64<<20, "largest gRPC request message in bytes")
+	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", 0, "largest gRPC request message in bytes (0: --max-event-bytes + --max-batch × 2 KiB, room for one event at the limit or a full batch of 2 KiB events)")
 	fs.BoolVar(&c.RequireSchemas, "require-schemas", false, "refuse events whose type has no registered schema")
 	fs.DurationVar(&c.PublishTimeout, "publish-timeout", 30*time.Second, "deadline of a publish call that brings none")
 	fs.IntVar(&c.AppendSlots, "append-slots", 1, "appends written at once; concurrent appends wait and are written together in one statement (group commit)")
 	fs.IntVar(&c.SnapshotEvery, "snapshot-every", 100, "write an aggregate snapshot automatically every this many events (0: never)")
 	fs.DurationVar(&c.SubscribeSessionTimeout, "subscribe-session-timeout", 10*time.Second, "consumer group session timeout: how long the partitions of a subscriber that vanished (a killed sidecar) wait before moving to the others")
 	fs.IntVar(&c.SubscribeMaxHeldBytes, "subscribe-max-held-bytes", 64<<20, "bytes of events one Subscribe stream may hold (delivered and read ahead); past it the stream stops fetching until acks free room")
+	fs.IntVar(&c.PublishStreamBudgetBytes, "publish-stream-budget-bytes", 16<<20, "memory one PublishStream may hold in requests received and not yet answered; at it the stream stops reading until answers free room")
+	fs.IntVar(&c.PublishBudgetBytes, "publish-budget-bytes", 128<<20, "memory all PublishStreams together may hold in requests received and not yet answered; streams stop reading at 3/4 of it, and a request that would pass it is answered RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.UnaryBudgetBytes, "unary-budget-bytes", 64<<20, "memory the unary calls being handled may hold in their requests; past it new calls are answered RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.GRPCMaxConnections, "grpc-max-connections", 32, "gRPC connections served at once; further ones wait to be accepted")
+	fs.IntVar(&c.GRPCMaxConcurrentStreams, "grpc-max-concurrent-streams", 128, "gRPC calls (streams) at once on one connection; a client queues further ones")
+	fs.DurationVar(&c.GRPCRecvTimeout, "grpc-recv-timeout", 15*time.Second, "longest a request message may take to arrive once the sidecar has asked for it; a connection with a message unfinished longer is closed")
+	fs.IntVar(&c.GRPCMaxReceivingBytes, "grpc-max-receiving-bytes", 64<<20, "bytes of request messages being received at once, over all connections; past it the connection with the oldest unfinished message is closed")
+	fs.IntVar(&c.AppendQueueBytes, "append-queue-bytes", 32<<20, "bytes of appends waiting for a statement (group commit); past it AppendEvents answers RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.MaxTopics, "max-topics", 100, "topics this sidecar publishes to or creates (event, dead-letter and replay topics); an event of a further new domain is refused with InvalidArgument")
+	fs.IntVar(&c.MaxEventTypes, "max-event-types", 10000, "event types whose topic the router remembers (further ones are routed without being remembered)")
+	fs.IntVar(&c.MetricsMaxServices, "metrics-max-services", metrics.DefaultMaxServices, "distinct service label values (source_service of requests) in metrics; further ones are counted as \"other\"")
+	fs.IntVar(&c.MetricsMaxEventTypes, "metrics-max-event-types", metrics.DefaultMaxEventTypes, "distinct event_type label values in metrics; further ones are counted as \"other\"")
+	fs.IntVar(&c.MetricsMaxSubscriptions, "metrics-max-subscriptions", metrics.DefaultMaxSubscriptions, "distinct subscription label values in metrics; further ones are counted as \"other\"")
 	fs.IntVar(&c.BreakerFailureThreshold, "breaker-failure-threshold", 5, "circuit breakers: consecutive failures of a dependency (Kafka, registry, PostgreSQL) that open its breaker")
 	fs.IntVar(&c.BreakerSuccessThreshold, "breaker-success-threshold", 2, "circuit breakers: successful trial calls that close a half-open breaker")
 	fs.DurationVar(&c.BreakerTimeout, "breaker-timeout", 60*time.Second, "circuit breakers: time open before trial calls are let through (half-open)")
@@ -156,9 +187,10 @@ func (c *Config) Validate() error {
 	if c.MaxBatch < 1 || c.MaxEventBytes < 1 || c.AppendSlots < 1 || c.Partitions < 1 || c.Replication < 1 || c.MinInsyncReplicas < 1 {
 		errs = append(errs, fmt.Errorf("--max-batch, --max-event-bytes and the topic settings must be positive"))
 	}
-	if c.MaxRequestBytes < c.MaxEventBytes+4096 {
+	if c.MaxRequestBytes != 0 && c.MaxRequestBytes < c.MaxEventBytes+4096 {
 		errs = append(errs, fmt.Errorf("--max-request-bytes must exceed --max-event-bytes"))
 	}
+	errs = append(errs, c.validateBounds()...)
 	return errors.Join(errs...)
 }
 

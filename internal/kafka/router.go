@@ -3,6 +3,7 @@ package kafka
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -12,13 +13,24 @@ type Router struct {
 	// routes override the default topic, keyed by event type or by domain.
 	routes map[string]string
 	cache  sync.Map // event type → topic
+	// cached counts the cache's entries, at most maxCached: event types are the
+	// callers' to choose, so the cache must not grow with them.
+	cached    atomic.Int64
+	maxCached int64
 }
+
+// DefaultMaxCachedTypes is how many event types a Router remembers the topic of.
+const DefaultMaxCachedTypes = 10000
 
 // NewRouter routes "<domain>.<rest>" to "<prefix>.<domain>.events" unless routes names
 // the event type or its domain.
 func NewRouter(prefix string, routes map[string]string) *Router {
-	return &Router{prefix: prefix, routes: routes}
+	return &Router{prefix: prefix, routes: routes, maxCached: DefaultMaxCachedTypes}
 }
+
+// SetCacheLimit bounds the event types whose topic is remembered; further types are
+// routed the same way, without being remembered. Call it before the Router is used.
+func (r *Router) SetCacheLimit(n int) { r.maxCached = int64(n) }
 
 // Domain is the first segment of an event type.
 func Domain(eventType string) string {
@@ -40,7 +52,15 @@ func (r *Router) Topic(eventType string) string {
 			t = r.prefix + "." + d + ".events"
 		}
 	}
-	r.cache.Store(eventType, t)
+	// Reserve a place first, so that concurrent callers never pass maxCached.
+	for n := r.cached.Load(); n < r.maxCached; n = r.cached.Load() {
+		if r.cached.CompareAndSwap(n, n+1) {
+			if _, loaded := r.cache.LoadOrStore(eventType, t); loaded {
+				r.cached.Add(-1)
+			}
+			break
+		}
+	}
 	return t
 }
 
@@ -58,6 +78,8 @@ type TopicSettings struct {
 	// MaxMessageBytes is the topics' max.message.bytes: it must hold the largest
 	// record batch the producer builds (see MaxMessageBytes).
 	MaxMessageBytes int
+	// MaxTopics bounds the topics events may go to (Topics.Admit); 0: no bound.
+	MaxTopics int
 }
 
 // MaxMessageBytes is the producer's record-batch limit for events of up to

@@ -21,8 +21,56 @@ type Topics struct {
 	settings TopicSettings
 	log      *zap.Logger
 
-	ready sync.Map // topic → struct{}
-	sf    singleflight.Group
+	ready  sync.Map // topic → struct{}
+	nReady atomic.Int64
+	sf     singleflight.Group
+
+	// admitted are the topics events may go to (Admit): at most settings.MaxTopics.
+	mu       sync.Mutex
+	admitted map[string]struct{}
+}
+
+// TooManyTopicsError: an event would go to a new topic, and the sidecar already uses
+// as many as --max-topics allows.
+type TooManyTopicsError struct {
+	Topic string
+	Max   int
+}
+
+func (e *TooManyTopicsError) Error() string {
+	return fmt.Sprintf("topic %s would be new, and this gateway already uses %d topics, its limit", e.Topic, e.Max)
+}
+
+// Admit lets events go to topic: a topic already in use, or a new one while fewer
+// than MaxTopics are (each one is a topic with its partitions on the cluster, and an
+// entry in the caches). Past that it answers a *TooManyTopicsError.
+func (t *Topics) Admit(topic string) error {
+	if _, ok := t.ready.Load(topic); ok {
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.admitted[topic]; ok {
+		return nil
+	}
+	if t.settings.MaxTopics > 0 && len(t.admitted) >= t.settings.MaxTopics {
+		return &TooManyTopicsError{Topic: topic, Max: t.settings.MaxTopics}
+	}
+	if t.admitted == nil {
+		t.admitted = map[string]struct{}{}
+	}
+	t.admitted[topic] = struct{}{}
+	return nil
+}
+
+// maxReady bounds the topics Ensure remembers as ready: the admitted ones, their
+// dead-letter topics and some room. Past it Ensure still works, looking the topic up
+// in the client's metadata each time.
+func (t *Topics) maxReady() int64 {
+	if t.settings.MaxTopics <= 0 {
+		return 1 << 62
+	}
+	return int64(2*t.settings.MaxTopics + 64)
 }
 
 type topicsConn struct {
@@ -78,7 +126,14 @@ func (t *Topics) Ensure(ctx context.Context, topic, domain string) error {
 		if r.Err != nil {
 			return r.Err
 		}
-		t.ready.Store(topic, struct{}{})
+		for n := t.nReady.Load(); n < t.maxReady(); n = t.nReady.Load() {
+			if t.nReady.CompareAndSwap(n, n+1) {
+				if _, loaded := t.ready.LoadOrStore(topic, struct{}{}); loaded {
+					t.nReady.Add(-1)
+				}
+				break
+			}
+		}
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("create topic %s: %w", topic, ctx.Err())

@@ -23,7 +23,26 @@ type Metrics struct {
 	DLQMessages *prometheus.CounterVec
 	// DLQRetries counts failed events published again (service, topic: the original).
 	DLQRetries *prometheus.CounterVec
+
+	// The label values taken from requests, each bounded (past the limit: "other").
+	services, eventTypes, subscriptions *LabelCap
 }
+
+// SetLabelLimits bounds the distinct values of the labels that requests choose: the
+// service (an event's source_service), the event type and the subscription. Values past
+// a limit are counted under "other". Call it before the metrics are used.
+func (m *Metrics) SetLabelLimits(services, eventTypes, subscriptions int) {
+	m.services, m.eventTypes, m.subscriptions = NewLabelCap(services), NewLabelCap(eventTypes), NewLabelCap(subscriptions)
+}
+
+// Service is the service label for a source service named by a request.
+func (m *Metrics) Service(s string) string { return m.services.Value(s) }
+
+// EventType is the event_type label for an event type named by a request.
+func (m *Metrics) EventType(t string) string { return m.eventTypes.Value(t) }
+
+// Subscription is the subscription label for a subscription named by a request.
+func (m *Metrics) Subscription(s string) string { return m.subscriptions.Value(s) }
 
 // New registers the metrics on reg.
 func New(reg prometheus.Registerer) *Metrics {
@@ -65,5 +84,6 @@ func New(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.Published, m.PublishDuration, m.PublishErrors,
 		m.Consumed, m.Processing, m.Lag, m.DLQMessages, m.DLQRetries)
+	m.SetLabelLimits(DefaultMaxServices, DefaultMaxEventTypes, DefaultMaxSubscriptions)
 	return m
 }

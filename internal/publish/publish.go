@@ -368,17 +368,17 @@ func (pd *Pending) count(out []Outcome) {
 			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 				reason = "timeout"
 			}
-			p.metrics.PublishErrors.WithLabelValues(e.Source, e.Type, reason).Inc()
+			p.metrics.PublishErrors.WithLabelValues(p.metrics.Service(e.Source), p.metrics.EventType(e.Type), reason).Inc()
 			continue
 		}
-		if key := [2]string{e.Source, e.Type}; key != lastKey {
+		if key := [2]string{p.metrics.Service(e.Source), p.metrics.EventType(e.Type)}; key != lastKey {
 			flush()
 			lastKey = key
 		}
 		okCount++
 	}
 	flush()
-	p.metrics.PublishDuration.WithLabelValues(svcFirst).Observe(time.Since(pd.start).Seconds())
+	p.metrics.PublishDuration.WithLabelValues(p.metrics.Service(svcFirst)).Observe(time.Since(pd.start).Seconds())
 }
 
 func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMessage) error {
@@ -422,20 +422,40 @@ func (p *Publisher) value(e *event.Event, now time.Time) (value []byte, ref stri
 	if len(value) > p.cfg.Limits.MaxEventBytes {
 		return nil, "", validate.Errorf("payload", "is %d bytes encoded, over the %d-byte limit (--max-event-bytes)", len(value), p.cfg.Limits.MaxEventBytes)
 	}
+	if err := p.AdmitTopic("event_type", p.router.Topic(e.Type)); err != nil {
+		return nil, "", err
+	}
 	return value, ref, nil
 }
 
+// Router is the router events are routed with.
+func (p *Publisher) Router() *kafka.Router { return p.router }
+
+// AdmitTopic checks that events may go to topic: one in use, or a new one while the
+// gateway uses fewer than --max-topics (kafka.Topics.Admit). Refused, the error is a
+// *validate.Error on field.
+func (p *Publisher) AdmitTopic(field, topic string) error {
+	var te *kafka.TooManyTopicsError
+	if err := p.topics.Admit(topic); errors.As(err, &te) {
+		return validate.Errorf(field, "would need the new topic %s, and this gateway already uses %d topics, its limit (--max-topics): name the domains it serves with --domains, or raise --max-topics", topic, te.Max)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
 func (p *Publisher) countInvalid(e *event.Event) {
-	p.metrics.PublishErrors.WithLabelValues(labelOr(e.Source, p.cfg.DefaultSource), labelType(e.Type), "invalid").Inc()
+	p.metrics.PublishErrors.WithLabelValues(p.metrics.Service(labelOr(e.Source, p.cfg.DefaultSource)), p.metrics.EventType(labelType(e.Type)), "invalid").Inc()
 }
 
 func (p *Publisher) countFailed(events []event.Event, reason string) {
 	for i := range events {
-		p.metrics.PublishErrors.WithLabelValues(events[i].Source, events[i].Type, reason).Inc()
+		p.metrics.PublishErrors.WithLabelValues(p.metrics.Service(events[i].Source), p.metrics.EventType(events[i].Type), reason).Inc()
 	}
 }
 
-// labelType keeps malformed event types out of label values (unbounded cardinality).
+// labelType keeps malformed event types out of label values (unbounded cardinality;
+// well-formed ones are bounded by the metrics' label limits).
 func labelType(t string) string {
 	if validate.IsEventType(t) && len(t) <= 100 {
 		return t

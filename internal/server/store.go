@@ -376,8 +376,10 @@ func (s *EventStoreService) ReplayEvents(req *eventgwv1.ReplayEventsRequest, str
 		return rewriteError(validate.Errorf("to_time", "must be after from_time"))
 	}
 	target := req.GetTargetTopic()
-	if target != "" && !kafka.IsTopicName(target) {
-		return rewriteError(validate.Errorf("target_topic", "is not a valid Kafka topic name"))
+	if target != "" {
+		if err := s.checkTarget(target); err != nil {
+			return rewriteError(err)
+		}
 	}
 	ctx := stream.Context()
 	err := s.events.Replay(ctx, f, s.replayPage, func(page []store.StoredEvent) error {
@@ -393,6 +395,18 @@ func (s *EventStoreService) ReplayEvents(req *eventgwv1.ReplayEventsRequest, str
 		return stream.Send(&eventgwv1.ReplayEventsResponse{Events: evs})
 	})
 	return rewriteError(err)
+}
+
+// checkTarget admits a replay's target_topic: a topic of the gateway's own namespace
+// (never Kafka's internal topics or another application's), within --max-topics.
+func (s *EventStoreService) checkTarget(target string) error {
+	if !kafka.IsTopicName(target) {
+		return validate.Errorf("target_topic", "is not a valid Kafka topic name")
+	}
+	if _, ok := s.pub.Router().Owns(target); !ok {
+		return validate.Errorf("target_topic", "is not one of this gateway's topics: give <prefix>.<domain>.events (or a --routes target)")
+	}
+	return s.pub.AdmitTopic("target_topic", target)
 }
 
 // republish sends a replayed page to target (for rebuilding projections) and waits
