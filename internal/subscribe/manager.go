@@ -149,7 +149,7 @@ func (m *Manager) Subscribe(ctx context.Context, o Options, send Send) error {
 		m: m, num: m.lastNum.Add(1), opts: o, group: group, client: client, ctx: sctx, cancel: cancel,
 		bySeq: map[uint64]*msg{}, parts: map[topicPart]*partition{},
 		poke: make(chan struct{}, 1), assignment: make(chan struct{}, 1), commitKick: make(chan struct{}, 1),
-		processing: m.metrics.Processing.WithLabelValues(m.service, o.Subscription),
+		processing: m.metrics.Processing.WithLabelValues(m.service, m.metrics.Subscription(o.Subscription)),
 	}
 	s.log = m.log.With(zap.String("subscription", o.Subscription), zap.Uint64("stream", s.num))
 	m.mu.Lock()

@@ -220,8 +220,8 @@ func (s *stream) claimPartition(sess sarama.ConsumerGroupSession, claim sarama.C
 	p := &partition{
 		topic: claim.Topic(), id: claim.Partition(), sess: sess, claim: claim,
 		next: claim.InitialOffset(), marked: -1, keys: map[string]*keyQueue{},
-		consumed: s.m.metrics.Consumed.WithLabelValues(s.m.service, s.opts.Subscription, claim.Topic()),
-		lag:      s.m.metrics.Lag.WithLabelValues(s.m.service, s.opts.Subscription, claim.Topic(), pl),
+		consumed: s.m.metrics.Consumed.WithLabelValues(s.m.service, s.m.metrics.Subscription(s.opts.Subscription), claim.Topic()),
+		lag:      s.m.metrics.Lag.WithLabelValues(s.m.service, s.m.metrics.Subscription(s.opts.Subscription), claim.Topic(), pl),
 	}
 	p.skip = s.fetchAhead(p.topic, p.id, claim.InitialOffset())
 	s.mu.Lock()
@@ -257,7 +257,7 @@ func (s *stream) revoke(p *partition) {
 	delete(s.parts, topicPart{p.topic, p.id})
 	s.maybeResume()
 	s.mu.Unlock()
-	s.m.metrics.Lag.DeleteLabelValues(s.m.service, s.opts.Subscription, p.topic, strconv.Itoa(int(p.id)))
+	s.m.metrics.Lag.DeleteLabelValues(s.m.service, s.m.metrics.Subscription(s.opts.Subscription), p.topic, strconv.Itoa(int(p.id)))
 	s.log.Debug("partition revoked", zap.String("topic", p.topic), zap.Int32("partition", p.id))
 	s.notifyAssignment()
 }
