@@ -274,8 +274,8 @@ func listen(addr string) (net.Listener, error) {
 	network := "tcp"
 	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
 		network, addr = "unix", path
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		if err := removeStaleSocket(path); err != nil {
+			return nil, err
 		}
 	}
 	l, err := (&net.ListenConfig{}).Listen(context.Background(), network, addr)
@@ -321,6 +321,7 @@ func (a *App) Run(ctx context.Context) error {
 	bg.Go(func() error { return a.Fallback.Run(bgCtx) })
 	bg.Go(func() error { a.keepConnectingKafka(bgCtx); return nil })
 	bg.Go(func() error { _ = a.Schemas.RunReseed(bgCtx, 5*time.Second); return nil })
+	bg.Go(func() error { a.runHealth(bgCtx); return nil })
 	server.SetServing(a.health, true)
 	a.logReady()
 	g.Go(func() error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -51,7 +52,7 @@ func ProducerConfig(clientID string, maxMessageBytes int) *sarama.Config {
 	c.Producer.Return.Successes = true
 	c.Producer.Return.Errors = true
 	c.Producer.Retry.Max = 5
-	c.Producer.Retry.Backoff = 100 * time.Millisecond
+	c.Producer.Retry.BackoffFunc = retryBackoff
 	c.Producer.Timeout = 10 * time.Second
 	c.Producer.MaxMessageBytes = maxMessageBytes
 	c.Producer.Flush.Frequency = 0
@@ -61,6 +62,15 @@ func ProducerConfig(clientID string, maxMessageBytes int) *sarama.Config {
 	c.Producer.Partitioner = NewJavaCompatiblePartitioner
 	c.ChannelBufferSize = 4096
 	return c
+}
+
+// retryBackoff is the wait before a failed produce request's retry n (0-based):
+// exponential from 50 ms, capped at 800 ms, with jitter over its upper half, so that
+// sidecars retrying after a broker failure do not return in step. Five retries span
+// about 0.8 to 1.6 s; the publish's deadline bounds the wait for their outcome.
+func retryBackoff(retries, _ int) time.Duration {
+	d := min(50*time.Millisecond<<min(retries, 4), 800*time.Millisecond)
+	return d/2 + rand.N(d/2+1)
 }
 
 // Result is the outcome of one message.

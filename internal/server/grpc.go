@@ -75,17 +75,33 @@ func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
 	return srv, hs
 }
 
-// SetServing flips every service's health status.
+// ServiceNames are the gateway's gRPC services, as the health service names them.
+var ServiceNames = []string{
+	eventgwv1.EventService_ServiceDesc.ServiceName, eventgwv1.EventStoreService_ServiceDesc.ServiceName,
+	eventgwv1.SagaService_ServiceDesc.ServiceName, eventgwv1.DeadLetterService_ServiceDesc.ServiceName,
+}
+
+// SetServing flips every service's health status. NOT_SERVING is for good (shutdown):
+// later changes, SetHealth's too, are ignored.
 func SetServing(hs *health.Server, serving bool) {
-	st := healthpb.HealthCheckResponse_NOT_SERVING
-	if serving {
-		st = healthpb.HealthCheckResponse_SERVING
+	if !serving {
+		hs.Shutdown()
+		return
 	}
-	hs.SetServingStatus("", st)
-	for _, name := range []string{
-		eventgwv1.EventService_ServiceDesc.ServiceName, eventgwv1.EventStoreService_ServiceDesc.ServiceName,
-		eventgwv1.SagaService_ServiceDesc.ServiceName, eventgwv1.DeadLetterService_ServiceDesc.ServiceName,
-	} {
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	for _, name := range ServiceNames {
+		hs.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+}
+
+// SetHealth sets the status of each service named in serving ("" is the server as a
+// whole); services not named keep theirs.
+func SetHealth(hs *health.Server, serving map[string]bool) {
+	for name, ok := range serving {
+		st := healthpb.HealthCheckResponse_NOT_SERVING
+		if ok {
+			st = healthpb.HealthCheckResponse_SERVING
+		}
 		hs.SetServingStatus(name, st)
 	}
 }

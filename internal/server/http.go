@@ -73,6 +73,9 @@ func NewHTTP(gatherer prometheus.Gatherer, r Readiness) *http.Server {
 	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 }
 
+// Report checks every dependency now, as /readyz does.
+func (r Readiness) Report(ctx context.Context) ReadyReport { return r.report(ctx) }
+
 func (r Readiness) report(ctx context.Context) ReadyReport {
 	rep := ReadyReport{Dependencies: make(map[string]DependencyReport, len(r.Checks))}
 	var mu sync.Mutex

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
@@ -80,17 +82,57 @@ const (
 // f holds only the database work: never a caller's callback (its error would be judged
 // as PostgreSQL's, and a half-open breaker's trial permit would be held while the
 // caller works). Do calls do not nest. op names the call in errors ("append").
+//
+// A call that failed for PostgreSQL's reasons and certainly changed nothing (a read, or
+// a write that never reached the server) is tried again with backoff and jitter, up to
+// retryTries times and never past ctx's deadline, within one breaker permit: the
+// breaker counts the call once, by its last try.
 func Do(ctx context.Context, b *resilience.Breaker, access Access, op string, f func(context.Context) error) error {
 	if b != nil {
 		if err := b.Allow(); err != nil {
 			return &UnavailableError{Op: op, open: err}
 		}
 	}
-	err := classify(ctx, access, op, f(ctx))
+	var err error
+	wait := retryBase
+	for try := 1; ; try++ {
+		err = classify(ctx, access, op, f(ctx))
+		if !safeToRetry(err) || try == retryTries || !sleepWithin(ctx, wait/2+rand.N(wait/2+1)) {
+			break
+		}
+		wait *= 4
+	}
 	if b != nil {
 		b.Done(err)
 	}
 	return err
+}
+
+// Retries of a call that failed for PostgreSQL's reasons: 3 tries, after ~50 and ~200 ms.
+const (
+	retryTries = 3
+	retryBase  = 50 * time.Millisecond
+)
+
+// safeToRetry: PostgreSQL failed the call and nothing of it may have been applied.
+func safeToRetry(err error) bool {
+	var ue *UnavailableError
+	return errors.As(err, &ue) && ue.open == nil && !ue.OutcomeUnknown
+}
+
+// sleepWithin waits d unless ctx ends first or its deadline is nearer than d.
+func sleepWithin(ctx context.Context, d time.Duration) bool {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // unavailableCode reports the SQLSTATEs of a server that cannot serve now: connection
@@ -123,7 +165,7 @@ func classify(ctx context.Context, access Access, op string, err error) error {
 				reason: "postgres " + pge.Code + ": " + pge.Message,
 			}
 		}
-		return &DBError{Op: op, Code: pge.Code, Message: pge.Message, Constraint: pge.ConstraintName}
+		return &DBError{Op: op, Code: pge.Code, Constraint: pge.ConstraintName}
 	}
 	conn := isConnError(err)
 	if cerr := ctx.Err(); cerr != nil && (conn || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {

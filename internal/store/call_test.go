@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -56,7 +57,7 @@ func TestDoClassifiesDriverErrors(t *testing.T) {
 		{"unexpected EOF", nil, store.ReadOnly, io.ErrUnexpectedEOF, unavailable, false, resilience.Failure},
 		{"network error after the caller cancelled", cancelled, store.ReadWrite, reset, canceled, false, resilience.Ignore},
 		{"23502 not null", nil, store.ReadWrite, &pgconn.PgError{
-			Code: "23502", Message: "null value in column \"x\"",
+			Code: "23502", Message: "invalid input syntax for type uuid: \"Jane Doe\"",
 			Detail: "Failing row contains (Jane Doe).", Where: "SQL function", ConstraintName: "c1",
 		}, dbError, false, resilience.Success},
 		{"domain error", nil, store.ReadWrite, fmt.Errorf("append: %w", store.ErrNotFound), asIs, false, resilience.Success},
@@ -89,8 +90,8 @@ func TestDoClassifiesDriverErrors(t *testing.T) {
 					t.Errorf("%v: want a *DBError", got)
 				}
 				if s := got.Error(); !strings.Contains(s, "23502") || !strings.Contains(s, "c1") ||
-					strings.Contains(s, "Jane") || strings.Contains(s, "SQL function") {
-					t.Errorf("DBError text %q: want code and constraint, never DETAIL or WHERE", s)
+					strings.Contains(s, "Jane") || strings.Contains(s, "SQL function") || strings.Contains(s, "syntax") {
+					t.Errorf("DBError text %q: want code and constraint, never the message, DETAIL or WHERE", s)
 				}
 			case canceled:
 				if !errors.Is(got, context.Canceled) || errors.As(got, &ue) {
@@ -105,5 +106,41 @@ func TestDoClassifiesDriverErrors(t *testing.T) {
 				t.Errorf("Classify(%v) = %v, want %v", got, o, tc.outcome)
 			}
 		})
+	}
+}
+
+// TestDoRetriesOnlyWhatChangedNothing: a read that met a refused connection is tried
+// again (and succeeds); a write whose statement may have reached the server is not.
+func TestDoRetriesOnlyWhatChangedNothing(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}
+	tries := 0
+	err := store.Do(context.Background(), nil, store.ReadOnly, "read", func(context.Context) error {
+		if tries++; tries == 1 {
+			return refused
+		}
+		return nil
+	})
+	if err != nil || tries != 2 {
+		t.Fatalf("read after a refused connection: %v after %d tries, want success on the 2nd", err, tries)
+	}
+	tries = 0
+	err = store.Do(context.Background(), nil, store.ReadOnly, "read", func(context.Context) error { tries++; return refused })
+	var ue *store.UnavailableError
+	if !errors.As(err, &ue) || tries != 3 {
+		t.Fatalf("read with PostgreSQL down: %v after %d tries, want UnavailableError after 3", err, tries)
+	}
+	tries = 0
+	reset := &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}
+	err = store.Do(context.Background(), nil, store.ReadWrite, "append", func(context.Context) error { tries++; return reset })
+	if !errors.As(err, &ue) || tries != 1 || !ue.OutcomeUnknown {
+		t.Fatalf("write cut off mid-call: %v after %d tries (outcome unknown %v), want one try", err, tries, ue != nil && ue.OutcomeUnknown)
+	}
+	// No retry waits past the caller's deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	tries = 0
+	_ = store.Do(ctx, nil, store.ReadOnly, "read", func(context.Context) error { tries++; return refused })
+	if tries > 2 {
+		t.Fatalf("%d tries within a 10 ms deadline", tries)
 	}
 }
