@@ -518,7 +518,7 @@ func TestDeadLetterBadInputWritesNothing(t *testing.T) {
 		{"negative retry count", "retry_count", func(r *eventgwv1.SendToDeadLetterRequest) { r.RetryCount = -1 }},
 		{"bad metadata key", "metadata", func(r *eventgwv1.SendToDeadLetterRequest) { r.Metadata = map[string]string{"Bad-Key": "v"} }},
 		{"reserved metadata key", "metadata", func(r *eventgwv1.SendToDeadLetterRequest) { r.Metadata = map[string]string{"subscription": "v"} }},
-		{"long metadata value", "metadata.service", func(r *eventgwv1.SendToDeadLetterRequest) {
+		{"long metadata value", "metadata", func(r *eventgwv1.SendToDeadLetterRequest) {
 			r.Metadata = map[string]string{"service": strings.Repeat("v", 1025)}
 		}},
 		{"too much metadata", "metadata", func(r *eventgwv1.SendToDeadLetterRequest) { r.Metadata = many }},

@@ -39,6 +39,27 @@ type Postgres struct {
 	pgCtl  string
 	cred   *syscall.Credential
 	logDir string
+	opts   string // the server settings, as pg_ctl -o (Restart uses them again)
+}
+
+// LogPrivacy are the server settings that keep statements and data out of the
+// cluster's server.log: no statement text (log_statement, log_min_duration_statement,
+// log_min_error_statement), no bind parameters, no DETAIL, CONTEXT or QUERY lines
+// (log_error_verbosity = terse: they quote rows, e.g. "Key (…)=(…) already exists" or
+// "JSON data, line 1: …"), and no ERROR or WARNING lines at all (log_min_messages = log:
+// some primary messages quote the refused value, such as invalid input syntax for type
+// uuid: "…"). LOG, FATAL and PANIC lines (start, stop, crashes, checkpoints) remain.
+// README "Running in production" gives the same list for a production server.
+var LogPrivacy = map[string]string{
+	"log_min_messages":                  "log",
+	"log_min_error_statement":           "panic",
+	"log_error_verbosity":               "terse",
+	"log_statement":                     "none",
+	"log_min_duration_statement":        "-1",
+	"log_min_duration_sample":           "-1",
+	"log_duration":                      "off",
+	"log_parameter_max_length":          "0",
+	"log_parameter_max_length_on_error": "0",
 }
 
 // FindPostgresBin returns the directory holding initdb and pg_ctl.
@@ -123,6 +144,9 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		"max_connections":         "200",
 		"shared_buffers":          "128MB",
 	}
+	for k, v := range LogPrivacy {
+		settings[k] = v
+	}
 	if opts.Fast {
 		settings["fsync"] = "off"
 		settings["synchronous_commit"] = "off"
@@ -135,8 +159,9 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 	for k, v := range settings {
 		fmt.Fprintf(&o, "-c %s='%s' ", k, v)
 	}
+	pg.opts = o.String()
 	logFile := filepath.Join(dir, "server.log")
-	cmd := exec.CommandContext(ctx, pg.pgCtl, "start", "-D", dir, "-w", "-t", "60", "-l", logFile, "-o", o.String())
+	cmd := exec.CommandContext(ctx, pg.pgCtl, "start", "-D", dir, "-w", "-t", "60", "-l", logFile, "-o", pg.opts)
 	if err := pg.run(cmd); err != nil {
 		tail, _ := os.ReadFile(logFile)
 		return nil, fmt.Errorf("pg_ctl start: %w\n%s", err, lastLines(tail, 10))
@@ -176,9 +201,11 @@ func (p *Postgres) Kill() error {
 // Restart starts a stopped cluster again with its previous settings.
 func (p *Postgres) Restart(ctx context.Context) error {
 	logFile := filepath.Join(p.dir, "server.log")
-	return p.run(exec.CommandContext(ctx, p.pgCtl, "start", "-D", p.dir, "-w", "-t", "60", "-l", logFile,
-		"-o", fmt.Sprintf("-c port=%d -c listen_addresses=127.0.0.1 -c unix_socket_directories=''", p.port)))
+	return p.run(exec.CommandContext(ctx, p.pgCtl, "start", "-D", p.dir, "-w", "-t", "60", "-l", logFile, "-o", p.opts))
 }
+
+// LogFile is the cluster's server log.
+func (p *Postgres) LogFile() string { return filepath.Join(p.dir, "server.log") }
 
 func (p *Postgres) run(cmd *exec.Cmd) error {
 	var out bytes.Buffer

@@ -57,8 +57,9 @@ var reserved = map[string]bool{
 	"aggregatetype": true, "aggregateversion": true,
 }
 
-// Normalize fills defaults (id, time, source, correlation id) and checks every field.
-// The returned error is a *validate.Error; it never quotes payload data.
+// Normalize fills defaults (id, time, source, correlation id), puts the ids in
+// canonical form and checks every field. The returned error is a *validate.Error; it
+// never quotes payload data or a client's metadata key.
 func (e *Event) Normalize(defaultSource string, lim Limits, now time.Time) error {
 	if e.ID == "" {
 		id, err := uuid.NewV7()
@@ -66,15 +67,21 @@ func (e *Event) Normalize(defaultSource string, lim Limits, now time.Time) error
 			return err
 		}
 		e.ID = id.String()
-	} else if err := validate.UUID("event_id", e.ID); err != nil {
-		return err
+	} else {
+		id, err := validate.CanonicalUUID("event_id", e.ID)
+		if err != nil {
+			return err
+		}
+		e.ID = id
 	}
 	if err := validate.EventType("event_type", e.Type); err != nil {
 		return err
 	}
-	if err := validate.UUID("tenant_id", e.TenantID); err != nil {
+	tenant, err := validate.CanonicalUUID("tenant_id", e.TenantID)
+	if err != nil {
 		return err
 	}
+	e.TenantID = tenant
 	switch {
 	case e.Payload == nil && e.PayloadJSON == nil:
 		return validate.Errorf("payload", "is required (payload as a JSON object, or payload_json as bytes)")
@@ -82,8 +89,12 @@ func (e *Event) Normalize(defaultSource string, lim Limits, now time.Time) error
 		if len(e.PayloadJSON) > lim.MaxEventBytes {
 			return validate.Errorf("payload_json", "is %d bytes, over the %d-byte limit (--max-event-bytes)", len(e.PayloadJSON), lim.MaxEventBytes)
 		}
-		if !IsJSONObject(e.PayloadJSON) {
-			return validate.Errorf("payload_json", "must be a JSON object")
+		if err := validate.JSONObject("payload_json", e.PayloadJSON); err != nil {
+			return err
+		}
+	default:
+		if err := validate.Struct("payload", e.Payload); err != nil {
+			return err
 		}
 	}
 	if e.Source == "" {
@@ -107,22 +118,34 @@ func (e *Event) Normalize(defaultSource string, lim Limits, now time.Time) error
 	if err := validate.Text("partition_key", e.PartitionKey, maxIDLen); err != nil {
 		return err
 	}
-	if len(e.Metadata) > maxMetadata {
-		return validate.Errorf("metadata", "has %d entries, over the limit of %d", len(e.Metadata), maxMetadata)
-	}
-	for k, v := range e.Metadata {
-		if !isExtensionName(k) {
-			return validate.Errorf("metadata", "key %q must be 1-%d lowercase letters or digits (a CloudEvents extension name)", truncate(k, 40), maxMetadataKey)
-		}
-		if reserved[k] {
-			return validate.Errorf("metadata", "key %q is set by the gateway itself", k)
-		}
-		if err := validate.Text("metadata."+k, v, maxMetadataValue); err != nil {
-			return err
-		}
+	if err := checkMetadata(e.Metadata); err != nil {
+		return err
 	}
 	if e.Time.IsZero() {
 		e.Time = now
+	} else if err := validate.Time("time", e.Time); err != nil {
+		return err
+	}
+	return nil
+}
+
+// checkMetadata checks a published event's metadata (CloudEvents extensions). Errors
+// say which rule a key broke, never the key: a client's key may hold anything.
+func checkMetadata(md map[string]string) error {
+	if len(md) > maxMetadata {
+		return validate.Errorf("metadata", "has %d entries, over the limit of %d", len(md), maxMetadata)
+	}
+	for k, v := range md {
+		if !isExtensionName(k) {
+			return validate.Errorf("metadata", "a key is not 1-%d lowercase letters or digits (a CloudEvents extension name)", maxMetadataKey)
+		}
+		if reserved[k] {
+			// k is one of the gateway's own attribute names, not the client's words.
+			return validate.Errorf("metadata", "key %q is set by the gateway itself", k)
+		}
+		if err := validate.Text("metadata", v, maxMetadataValue); err != nil {
+			return validate.Errorf("metadata", "a value is longer than %d bytes or holds control characters", maxMetadataValue)
+		}
 	}
 	return nil
 }
@@ -154,7 +177,8 @@ func (e *Event) SetStoredMetadata(meta map[string]string) {
 
 // CheckStoredMetadataKey checks, at append time, that metadata key k (lowercase
 // letters, digits and _) can be published by SetStoredMetadata: as an extension it must
-// be short enough and not an attribute the gateway sets itself.
+// be short enough and not an attribute the gateway sets itself. Errors say which rule
+// the key broke, never the key.
 func CheckStoredMetadataKey(k string) error {
 	if _, ok := storedEnvelope[k]; ok {
 		return nil
@@ -162,11 +186,11 @@ func CheckStoredMetadataKey(k string) error {
 	ext := strings.ReplaceAll(k, "_", "")
 	switch {
 	case ext == "":
-		return validate.Errorf("metadata", "key %q has no letters or digits", k)
+		return validate.Errorf("metadata", "a key has no letters or digits")
 	case len(ext) > maxMetadataKey:
-		return validate.Errorf("metadata", "key %q is published as the CloudEvents extension ce_%s, which is over %d characters", k, truncate(ext, 40), maxMetadataKey)
+		return validate.Errorf("metadata", "a key is published as a CloudEvents extension (ce_ + the key without _), which must be at most %d characters", maxMetadataKey)
 	case reserved[ext]:
-		return validate.Errorf("metadata", "key %q is published as the CloudEvents attribute ce_%s, which the gateway sets itself", k, ext)
+		return validate.Errorf("metadata", "a key is published as the CloudEvents attribute ce_%s, which the gateway sets itself", ext)
 	}
 	return nil
 }
@@ -190,11 +214,4 @@ func isExtensionName(k string) bool {
 		}
 	}
 	return true
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }

@@ -1,32 +1,37 @@
 package event
 
 import (
-	"errors"
 	"math"
 	"slices"
 	"strconv"
 	"unicode/utf8"
 
-	"github.com/valyala/fastjson"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/eventgw/eventgw/internal/validate"
 )
 
-// IsJSONObject reports whether b is one valid JSON object. fastjson validates several
-// times faster than encoding/json.Valid, and this runs for every payload_json event.
+// IsJSONObject reports whether b is one JSON object the gateway may store or publish:
+// validate.JSONObject's rules (nesting, number range, UTF-8, no U+0000, no lone
+// surrogate, no repeated key). Writers should call validate.JSONObject to get the
+// field and rule in their error.
 func IsJSONObject(b []byte) bool {
-	i := 0
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i < len(b) && b[i] == '{' && fastjson.ValidateBytes(b) == nil
+	return validate.JSONObject("", b) == nil
 }
 
-// ErrNotJSON means a Struct holds a number JSON cannot represent (NaN or ±Inf).
-var ErrNotJSON = errors.New("payload holds a NaN or infinite number, which JSON cannot represent")
-
 // AppendStructJSON appends s as compact JSON with sorted keys (the bytes encoding/json
-// gives for s.AsMap()), without building the intermediate map.
+// gives for s.AsMap()), without building the intermediate map. It enforces
+// validate.Struct's rules as it goes (nesting, NaN and infinities, UTF-8, U+0000): a
+// violation is a *validate.Error with an empty field, for the caller to prefix
+// (validate.Prefix).
 func AppendStructJSON(dst []byte, s *structpb.Struct) ([]byte, error) {
+	return appendStructJSON(dst, s, 1)
+}
+
+func appendStructJSON(dst []byte, s *structpb.Struct, depth int) ([]byte, error) {
+	if depth > validate.MaxDepth {
+		return nil, validate.StructTooDeep()
+	}
 	fields := s.GetFields()
 	keys := make([]string, 0, len(fields))
 	for k := range fields {
@@ -39,33 +44,39 @@ func AppendStructJSON(dst []byte, s *structpb.Struct) ([]byte, error) {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendJSONString(dst, k)
+		if dst, err = appendJSONString(dst, k, depth); err != nil {
+			return nil, err
+		}
 		dst = append(dst, ':')
-		if dst, err = appendValueJSON(dst, fields[k]); err != nil {
+		if dst, err = appendValueJSON(dst, fields[k], depth); err != nil {
 			return nil, err
 		}
 	}
 	return append(dst, '}'), nil
 }
 
-func appendValueJSON(dst []byte, v *structpb.Value) ([]byte, error) {
+// appendValueJSON appends v, a value inside depth containers.
+func appendValueJSON(dst []byte, v *structpb.Value, depth int) ([]byte, error) {
 	switch k := v.GetKind().(type) {
 	case *structpb.Value_StringValue:
-		return appendJSONString(dst, k.StringValue), nil
+		return appendJSONString(dst, k.StringValue, depth)
 	case *structpb.Value_NumberValue:
-		return appendJSONNumber(dst, k.NumberValue)
+		return appendJSONNumber(dst, k.NumberValue, depth)
 	case *structpb.Value_BoolValue:
 		return strconv.AppendBool(dst, k.BoolValue), nil
 	case *structpb.Value_StructValue:
-		return AppendStructJSON(dst, k.StructValue)
+		return appendStructJSON(dst, k.StructValue, depth+1)
 	case *structpb.Value_ListValue:
+		if depth+1 > validate.MaxDepth {
+			return nil, validate.StructTooDeep()
+		}
 		dst = append(dst, '[')
 		var err error
 		for i, e := range k.ListValue.GetValues() {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			if dst, err = appendValueJSON(dst, e); err != nil {
+			if dst, err = appendValueJSON(dst, e, depth+1); err != nil {
 				return nil, err
 			}
 		}
@@ -76,9 +87,9 @@ func appendValueJSON(dst []byte, v *structpb.Value) ([]byte, error) {
 }
 
 // appendJSONNumber formats like encoding/json (ES6 number-to-string).
-func appendJSONNumber(dst []byte, f float64) ([]byte, error) {
+func appendJSONNumber(dst []byte, f float64, depth int) ([]byte, error) {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
-		return nil, ErrNotJSON
+		return nil, validate.StructNaN(depth)
 	}
 	abs := math.Abs(f)
 	format := byte('f')
@@ -100,9 +111,9 @@ func appendJSONNumber(dst []byte, f float64) ([]byte, error) {
 
 const hexDigits = "0123456789abcdef"
 
-// appendJSONString quotes s for JSON: ", \ and control characters escaped, invalid
-// UTF-8 replaced by U+FFFD (as encoding/json does).
-func appendJSONString(dst []byte, s string) []byte {
+// appendJSONString quotes s for JSON: ", \ and control characters escaped. U+0000 and
+// invalid UTF-8 are refused (validate.Struct's rules).
+func appendJSONString(dst []byte, s string, depth int) ([]byte, error) {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
@@ -114,6 +125,8 @@ func appendJSONString(dst []byte, s string) []byte {
 		if c < utf8.RuneSelf {
 			dst = append(dst, s[start:i]...)
 			switch c {
+			case 0:
+				return nil, validate.StructNUL(depth)
 			case '"', '\\':
 				dst = append(dst, '\\', c)
 			case '\n':
@@ -131,14 +144,10 @@ func appendJSONString(dst []byte, s string) []byte {
 		}
 		r, size := utf8.DecodeRuneInString(s[i:])
 		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
+			return nil, validate.StructBadUTF8(depth)
 		}
 		i += size
 	}
 	dst = append(dst, s[start:]...)
-	return append(dst, '"')
+	return append(dst, '"'), nil
 }

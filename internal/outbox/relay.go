@@ -22,6 +22,7 @@ import (
 
 	"github.com/eventgw/eventgw/internal/event"
 	"github.com/eventgw/eventgw/internal/publish"
+	"github.com/eventgw/eventgw/internal/redact"
 	"github.com/eventgw/eventgw/internal/store"
 )
 
@@ -124,7 +125,7 @@ func (r *Relay) notifier(ctx context.Context) {
 			continue
 		}
 		if _, err := r.pool.Exec(ctx, `SELECT pg_notify($1, '')`, channel); err != nil && ctx.Err() == nil {
-			r.log.Debug("outbox notify failed (the relay polls anyway)", zap.Error(err))
+			r.log.Debug("outbox notify failed (the relay polls anyway)", redact.Error(err))
 		}
 	}
 }
@@ -135,7 +136,7 @@ func (r *Relay) listen(ctx context.Context) {
 		ReconnectDelay: time.Second,
 		LogError: func(_ context.Context, err error) {
 			if ctx.Err() == nil {
-				r.log.Warn("outbox listener", zap.Error(err))
+				r.log.Warn("outbox listener", redact.Error(err))
 			}
 		},
 	}
@@ -161,7 +162,7 @@ func (r *Relay) elect(ctx context.Context) {
 			return
 		}
 		d := bo.NextBackOff()
-		r.log.Warn("outbox relay lock connection lost; retrying", zap.Error(err), zap.Duration("in", d))
+		r.log.Warn("outbox relay lock connection lost; retrying", redact.Error(err), zap.Duration("in", d))
 		select {
 		case <-ctx.Done():
 			return
@@ -305,7 +306,7 @@ func (r *Relay) work(ctx context.Context) {
 				return
 			case err != nil:
 				d := bo.NextBackOff()
-				r.log.Warn("outbox publish failed; will retry", zap.Error(err), zap.Duration("in", d))
+				r.log.Warn("outbox publish failed; will retry", redact.Error(err), zap.Duration("in", d))
 				wait = time.After(d)
 			case n >= batchSize:
 				bo.Reset()
@@ -459,10 +460,10 @@ func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (int64, er
 
 func (r *Relay) deadLetter(ctx context.Context, e *store.StoredEvent, cause error) error {
 	r.log.Error("appended event can no longer be published; moved to failed_events",
-		zap.String("event_id", e.EventID), zap.String("event_type", e.Type), zap.Error(cause))
+		zap.String("event_id", e.EventID), zap.String("event_type", e.Type), redact.Error(cause))
 	_, err := r.pool.Exec(ctx, `INSERT INTO failed_events (id, tenant_id, event_id, event_type, event_payload, error_type, error_message, failed_at)
 		VALUES ($1, $2, $3, $4, $5::jsonb, 'outbox_encode', $6, now())`,
-		uuid.Must(uuid.NewV7()), e.TenantID, e.EventID, e.Type, string(e.Data), cause.Error())
+		uuid.Must(uuid.NewV7()), e.TenantID, e.EventID, e.Type, string(e.Data), redact.Describe(cause))
 	if err != nil {
 		return fmt.Errorf("dead-letter event %s: %w", e.EventID, err)
 	}
@@ -504,7 +505,7 @@ func (r *Relay) measureBacklog(ctx context.Context) {
 			r.backlog.Set(float64(n))
 			r.queue.backlog.Set(float64(queued))
 		} else if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
-			r.log.Debug("outbox backlog", zap.Error(err))
+			r.log.Debug("outbox backlog", redact.Error(err))
 		}
 		select {
 		case <-ctx.Done():

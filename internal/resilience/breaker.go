@@ -71,6 +71,9 @@ type OpenError struct {
 	RetryIn    time.Duration
 }
 
+// LogSafe marks the text as loggable (redact.Safe): a breaker's name and state.
+func (e *OpenError) LogSafe() {}
+
 func (e *OpenError) Error() string {
 	if e.RetryIn > 0 {
 		return fmt.Sprintf("%s circuit breaker is open (next trial in %v)", e.Dependency, e.RetryIn.Round(time.Second))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hamba/avro/v2"
@@ -15,7 +16,9 @@ import (
 
 // coerce turns a decoded JSON value (from encoding/json with UseNumber, or from
 // structpb.AsMap) into the Go value hamba/avro encodes for schema s. Errors name the
-// field path and the expected type, never the value (it may be health data).
+// field path and the expected type, never the value (it may be health data), and never
+// a key the caller chose: a path holds the schema's field names (the schema's own
+// words), and a map's values are "<map path>.*" whatever their key.
 func coerce(s avro.Schema, v any, path string) (any, error) {
 	switch s := s.(type) {
 	case *avro.RecordSchema:
@@ -46,7 +49,7 @@ func coerce(s avro.Schema, v any, path string) (any, error) {
 		if len(m) > len(out) {
 			for k := range m {
 				if _, known := out[k]; !known && s.Fields() != nil && !hasField(s, k) {
-					return nil, validate.Errorf(join(path, k), "is not a field of the schema %s", s.FullName())
+					return nil, validate.Errorf(orPayload(path), "holds a key that is not a field of the schema %s (its fields: %s)", s.FullName(), fieldNames(s))
 				}
 			}
 		}
@@ -115,7 +118,7 @@ func coerce(s avro.Schema, v any, path string) (any, error) {
 		}
 		out := make(map[string]any, len(m))
 		for k, e := range m {
-			cv, err := coerce(s.Values(), e, join(path, k))
+			cv, err := coerce(s.Values(), e, join(path, "*"))
 			if err != nil {
 				return nil, err
 			}
@@ -280,6 +283,22 @@ func hasNull(u *avro.UnionSchema) bool {
 		}
 	}
 	return false
+}
+
+// fieldNames lists a record's fields (at most 20), for errors.
+func fieldNames(r *avro.RecordSchema) string {
+	var b strings.Builder
+	for i, f := range r.Fields() {
+		if i == 20 {
+			b.WriteString(", …")
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(f.Name())
+	}
+	return b.String()
 }
 
 func hasField(r *avro.RecordSchema, name string) bool {

@@ -18,6 +18,7 @@ var ErrNotAvro = fmt.Errorf("value is not in Confluent wire format")
 // help; it names the schema id, never the value.
 type UndecodableError struct{ SchemaID int }
 
+func (e *UndecodableError) LogSafe() {}
 func (e *UndecodableError) Error() string {
 	return fmt.Sprintf("the value does not decode with schema id %d", e.SchemaID)
 }

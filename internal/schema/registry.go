@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/eventgw/eventgw/internal/redact"
 	"github.com/eventgw/eventgw/internal/resilience"
 	"github.com/eventgw/eventgw/internal/store"
 	"github.com/eventgw/eventgw/internal/validate"
@@ -43,6 +44,10 @@ type UnavailableError struct {
 	// *resilience.OpenError.
 	Err error
 }
+
+// LogSafe marks the text as loggable (redact.Safe): the operation and a network error or
+// HTTP status; the registry URL in it has no password (net/http strips it).
+func (e *UnavailableError) LogSafe() {}
 
 func (e *UnavailableError) Error() string {
 	return "schema registry unavailable (" + e.Op + "): " + e.Err.Error()
@@ -115,6 +120,7 @@ const DefaultTimeout = 10 * time.Second
 type Registry struct {
 	url       string
 	shownURL  string // url without a password, for errors
+	refBase   string // url without user or password, for ce_dataschema
 	transport http.RoundTripper
 	timeout   time.Duration
 	breaker   *resilience.Breaker
@@ -171,13 +177,15 @@ func NewRegistry(url string, pool *pgxpool.Pool, log *zap.Logger, opts ...Option
 		opt(&o)
 	}
 	url = strings.TrimRight(url, "/")
-	shown := url
+	shown, refBase := "the schema registry", url // an unparseable URL is never shown
 	if u, err := neturl.Parse(url); err == nil {
 		shown = u.Redacted()
+		u.User = nil
+		refBase = u.String()
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	return &Registry{
-		url: url, shownURL: shown, transport: tr, timeout: o.timeout, breaker: o.breaker, retry: o.retry,
+		url: url, shownURL: shown, refBase: refBase, transport: tr, timeout: o.timeout, breaker: o.breaker, retry: o.retry,
 		schemas: store.NewSchemas(pool, o.storeOpts...), log: log,
 		byType: map[string]*Schema{}, byID: map[int]avro.Schema{},
 	}
@@ -300,6 +308,12 @@ func (r *Registry) Ping(ctx context.Context) error {
 // unavailable, a schema never registered fails with an *UnavailableError; the schema
 // the event type already has, registered again, is answered from memory.
 func (r *Registry) Register(ctx context.Context, eventType, topic, text string) (*Schema, error) {
+	// The text is stored (PostgreSQL, the registry) and parsed again at every start:
+	// it must be JSON within the gateway's limits (no U+0000, nesting at most
+	// validate.MaxDepth), which also bounds the Avro parser's recursion.
+	if err := validate.JSONValue("schema", []byte(text)); err != nil {
+		return nil, err
+	}
 	parsed, err := avro.Parse(text)
 	if err != nil {
 		return nil, validate.Errorf("schema", "is not a valid Avro schema: %v", err)
@@ -360,7 +374,9 @@ func (r *Registry) Register(ctx context.Context, eventType, topic, text string) 
 	return s, nil
 }
 
-func (r *Registry) ref(id int) string { return fmt.Sprintf("%s/schemas/ids/%d", r.url, id) }
+// ref is the ce_dataschema of schema id: the registry's URL of it, without the
+// credentials the configured URL may hold (the header goes to every consumer).
+func (r *Registry) ref(id int) string { return fmt.Sprintf("%s/schemas/ids/%d", r.refBase, id) }
 
 func (r *Registry) put(s *Schema) {
 	r.mu.Lock()
@@ -497,7 +513,7 @@ func (r *Registry) RunReseed(ctx context.Context, every time.Duration) error {
 		err := r.Reseed(cctx)
 		cancel()
 		if err != nil && ctx.Err() == nil {
-			r.log.Debug("schema re-seeding still failing", zap.Error(err))
+			r.log.Debug("schema re-seeding still failing", redact.Error(err))
 		}
 	}
 	return nil

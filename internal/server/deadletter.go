@@ -2,9 +2,8 @@ package server
 
 import (
 	"context"
-	"fmt"
+	"encoding/base64"
 	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -70,19 +69,18 @@ func (s *DeadLetterService) ListFailedEvents(ctx context.Context, req *eventgwv1
 	}
 	resp := &eventgwv1.ListFailedEventsResponse{FailedEvents: make([]*eventgwv1.FailedEvent, len(rows)), NextPageToken: next}
 	for i := range rows {
-		if resp.FailedEvents[i], err = toFailedEvent(&rows[i]); err != nil {
-			return nil, rewriteError(err)
-		}
+		resp.FailedEvents[i] = toFailedEvent(&rows[i])
 	}
 	return resp, nil
 }
 
 func toFailedFilter(req *eventgwv1.ListFailedEventsRequest) (store.FailedFilter, error) {
 	flt := store.FailedFilter{
-		TenantID: req.GetTenantId(), EventType: req.GetEventType(), Subscription: req.GetSubscription(),
+		EventType: req.GetEventType(), Subscription: req.GetSubscription(),
 		IncludeResolved: req.GetIncludeResolved(), PageSize: int(req.GetPageSize()), PageToken: req.GetPageToken(),
 	}
-	if err := validate.UUID("tenant_id", flt.TenantID); err != nil {
+	var err error
+	if flt.TenantID, err = validate.CanonicalUUIDOrNil("tenant_id", req.GetTenantId()); err != nil {
 		return flt, err
 	}
 	if err := checkChars("event_type", flt.EventType, maxFilterType, false); err != nil {
@@ -97,17 +95,11 @@ func toFailedFilter(req *eventgwv1.ListFailedEventsRequest) (store.FailedFilter,
 	case flt.PageSize < 0 || flt.PageSize > maxFailedPage:
 		return flt, validate.Errorf("page_size", "must be between 1 and %d (0: %d)", maxFailedPage, defaultFailedPage)
 	}
-	if t := req.GetFailedAfter(); t != nil {
-		if t.CheckValid() != nil {
-			return flt, validate.Errorf("failed_after", "is not a valid timestamp")
-		}
-		flt.FailedAfter = t.AsTime()
+	if flt.FailedAfter, err = validate.Timestamp("failed_after", req.GetFailedAfter()); err != nil {
+		return flt, err
 	}
-	if t := req.GetFailedBefore(); t != nil {
-		if t.CheckValid() != nil {
-			return flt, validate.Errorf("failed_before", "is not a valid timestamp")
-		}
-		flt.FailedBefore = t.AsTime()
+	if flt.FailedBefore, err = validate.Timestamp("failed_before", req.GetFailedBefore()); err != nil {
+		return flt, err
 	}
 	if !flt.FailedAfter.IsZero() && !flt.FailedBefore.IsZero() && !flt.FailedAfter.Before(flt.FailedBefore) {
 		return flt, validate.Errorf("failed_before", "must be after failed_after")
@@ -115,11 +107,15 @@ func toFailedFilter(req *eventgwv1.ListFailedEventsRequest) (store.FailedFilter,
 	return flt, nil
 }
 
-func toFailedEvent(e *store.FailedEvent) (*eventgwv1.FailedEvent, error) {
-	payload := &structpb.Struct{}
-	if err := payload.UnmarshalJSON(e.Payload); err != nil {
-		// Not wrapped: the decoder's message may quote the payload.
-		return nil, fmt.Errorf("failed event %s: its event_payload is not a JSON object", e.ID)
+// toFailedEvent converts a row for an answer. It never fails: a payload a Struct cannot
+// hold (stored before the write-time limits) is answered as {"base64": "<its JSON>"},
+// the form of payloads that were not JSON, so one such row never fails its page.
+func toFailedEvent(e *store.FailedEvent) *eventgwv1.FailedEvent {
+	payload, ok := storedStruct(e.Payload)
+	if !ok {
+		payload = &structpb.Struct{Fields: map[string]*structpb.Value{
+			"base64": structpb.NewStringValue(base64.StdEncoding.EncodeToString(e.Payload)),
+		}}
 	}
 	return &eventgwv1.FailedEvent{
 		Id: e.ID, TenantId: e.TenantID, EventId: e.EventID, EventType: e.EventType, EventPayload: payload,
@@ -127,7 +123,7 @@ func toFailedEvent(e *store.FailedEvent) (*eventgwv1.FailedEvent, error) {
 		FailedAt: timestamppb.New(e.FailedAt), Retried: e.Retried, Resolved: e.Resolved,
 		Subscription: e.Subscription, Topic: e.Topic, Partition: e.Partition, Offset: e.Offset,
 		DlqTopic: e.DLQTopic, RetriesPublished: e.RetriesPublished,
-	}, nil
+	}
 }
 
 // RetryFailedEvents implements DeadLetterService.RetryFailedEvents: every id must be an
@@ -139,8 +135,8 @@ func toFailedEvent(e *store.FailedEvent) (*eventgwv1.FailedEvent, error) {
 // two concurrent retries of a row both publish it (consumers deduplicate on the
 // event id).
 func (s *DeadLetterService) RetryFailedEvents(ctx context.Context, req *eventgwv1.RetryFailedEventsRequest) (*eventgwv1.RetryFailedEventsResponse, error) {
-	tenant, ids := req.GetTenantId(), req.GetIds()
-	if err := checkRetryIDs(tenant, ids); err != nil {
+	tenant, ids, err := checkRetryIDs(req.GetTenantId(), req.GetIds())
+	if err != nil {
 		return nil, rewriteError(err)
 	}
 	rows, err := s.failed.Retryable(ctx, tenant, ids)
@@ -206,28 +202,30 @@ func (s *DeadLetterService) RetryFailedEvents(ctx context.Context, req *eventgwv
 
 func idsField(i int) string { return "ids[" + strconv.Itoa(i) + "]" }
 
-func checkRetryIDs(tenant string, ids []string) error {
-	if err := validate.UUID("tenant_id", tenant); err != nil {
-		return err
+// checkRetryIDs answers the tenant and the ids in canonical form.
+func checkRetryIDs(tenant string, ids []string) (string, []string, error) {
+	tenant, err := validate.CanonicalUUIDOrNil("tenant_id", tenant)
+	if err != nil {
+		return "", nil, err
 	}
 	if len(ids) == 0 {
-		return validate.Errorf("ids", "is empty: name at least one failed event")
+		return "", nil, validate.Errorf("ids", "is empty: name at least one failed event")
 	}
 	if len(ids) > maxRetryIDs {
-		return validate.Errorf("ids", "has %d ids, over the limit of %d", len(ids), maxRetryIDs)
+		return "", nil, validate.Errorf("ids", "has %d ids, over the limit of %d", len(ids), maxRetryIDs)
 	}
+	canon := make([]string, len(ids))
 	seen := make(map[string]int, len(ids))
 	for i, id := range ids {
-		if err := validate.UUID(idsField(i), id); err != nil {
-			return err
+		if canon[i], err = validate.CanonicalUUID(idsField(i), id); err != nil {
+			return "", nil, err
 		}
-		canon := strings.ToLower(id)
-		if j, dup := seen[canon]; dup {
-			return validate.Errorf(idsField(i), "repeats ids[%d]", j)
+		if j, dup := seen[canon[i]]; dup {
+			return "", nil, validate.Errorf(idsField(i), "repeats ids[%d]", j)
 		}
-		seen[canon] = i
+		seen[canon[i]] = i
 	}
-	return nil
+	return tenant, canon, nil
 }
 
 // retryMessage is r's stored record for topic, with dlq_retry_of naming r (in place of
@@ -252,13 +250,15 @@ func retryMessage(r *store.FailedEvent, topic string) *sarama.ProducerMessage {
 
 // ResolveFailedEvent implements DeadLetterService.ResolveFailedEvent.
 func (s *DeadLetterService) ResolveFailedEvent(ctx context.Context, req *eventgwv1.ResolveFailedEventRequest) (*eventgwv1.ResolveFailedEventResponse, error) {
-	if err := validate.UUID("tenant_id", req.GetTenantId()); err != nil {
+	tenant, err := validate.CanonicalUUIDOrNil("tenant_id", req.GetTenantId())
+	if err != nil {
 		return nil, rewriteError(err)
 	}
-	if err := validate.UUID("id", req.GetId()); err != nil {
+	id, err := validate.CanonicalUUID("id", req.GetId())
+	if err != nil {
 		return nil, rewriteError(err)
 	}
-	if err := s.failed.Resolve(ctx, req.GetTenantId(), req.GetId()); err != nil {
+	if err := s.failed.Resolve(ctx, tenant, id); err != nil {
 		return nil, rewriteError(err)
 	}
 	return &eventgwv1.ResolveFailedEventResponse{}, nil
@@ -280,7 +280,7 @@ func (s *DeadLetterService) SendToDeadLetter(ctx context.Context, req *eventgwv1
 	payload := ev.PayloadJSON
 	if payload == nil {
 		if payload, err = event.AppendStructJSON(make([]byte, 0, 256), ev.Payload); err != nil {
-			return nil, rewriteError(validate.Errorf("event.payload", "holds a NaN or infinite number, which JSON cannot represent"))
+			return nil, rewriteError(validate.Prefix("event.payload", err))
 		}
 	}
 	l := &deadletter.Letter{
@@ -336,8 +336,8 @@ func checkSendToDeadLetter(req *eventgwv1.SendToDeadLetterRequest) error {
 		if deadletter.MetadataKeyReserved(k) {
 			return validate.Errorf("metadata", "key %q would replace the gateway's own dlq_%s header", k, k)
 		}
-		if err := checkChars("metadata."+k, v, deadletter.MaxMetadataValue, false); err != nil {
-			return err
+		if err := checkChars("metadata", v, deadletter.MaxMetadataValue, false); err != nil {
+			return validate.Errorf("metadata", "a value is longer than %d characters or holds characters it may not", deadletter.MaxMetadataValue)
 		}
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/kafka"
 	"github.com/eventgw/eventgw/internal/publish"
+	"github.com/eventgw/eventgw/internal/redact"
 	"github.com/eventgw/eventgw/internal/resilience"
 	"github.com/eventgw/eventgw/internal/schema"
 	"github.com/eventgw/eventgw/internal/store"
@@ -37,6 +38,7 @@ func rewriteError(err error) error {
 		ce *store.ConflictError
 		te *store.TypeMismatchError
 		xe *store.ConcurrencyError
+		ue *store.UnfoldableError
 		oe *resilience.OpenError
 		ke *kafka.UnavailableError
 		se *store.UnavailableError
@@ -67,6 +69,8 @@ func rewriteError(err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.As(err, &te):
 		return status.Error(codes.FailedPrecondition, te.Error())
+	case errors.As(err, &ue):
+		return status.Error(codes.FailedPrecondition, ue.Error()+": read the aggregate with raw or ReadAggregate")
 	case errors.Is(err, store.ErrSnapshotVersion):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, schema.ErrIncompatible):
@@ -113,15 +117,15 @@ func (e *internalError) GRPCStatus() *status.Status {
 }
 func (e *internalError) Unwrap() error { return e.cause }
 
-// logCause describes an internal error's cause for the log. The causes are the classes
-// of the packages below, whose texts carry no event data (a PostgreSQL error is a
-// *store.DBError: SQLSTATE, message and constraint, never DETAIL or WHERE).
+// logCause describes an internal error's cause for the log by class and code, never by
+// its text (redact.Describe): a driver, JSON-parser or protojson error quotes the input
+// it refused. A PostgreSQL error is a *store.DBError: the call, SQLSTATE and constraint.
 func logCause(err error) string {
 	var ie *internalError
 	if !errors.As(err, &ie) {
 		return ""
 	}
-	return ie.cause.Error()
+	return redact.Describe(ie.cause)
 }
 
 // statusCode is the code rewriteError gives err.

@@ -88,14 +88,15 @@ func (s *EventStoreService) AppendEvents(ctx context.Context, req *eventgwv1.App
 }
 
 func (s *EventStoreService) toAppend(req *eventgwv1.AppendEventsRequest) (store.AppendRequest, error) {
-	ar := store.AppendRequest{TenantID: req.GetTenantId(), AggregateType: req.GetAggregateType(), AggregateID: req.GetAggregateId()}
-	if err := validate.UUID("tenant_id", ar.TenantID); err != nil {
+	ar := store.AppendRequest{AggregateType: req.GetAggregateType()}
+	var err error
+	if ar.TenantID, err = validate.CanonicalUUID("tenant_id", req.GetTenantId()); err != nil {
 		return ar, err
 	}
 	if err := validate.Name("aggregate_type", ar.AggregateType, 100, true); err != nil {
 		return ar, err
 	}
-	if err := validate.UUID("aggregate_id", ar.AggregateID); err != nil {
+	if ar.AggregateID, err = validate.CanonicalUUID("aggregate_id", req.GetAggregateId()); err != nil {
 		return ar, err
 	}
 	switch k := req.GetExpectedVersion().GetKind().(type) {
@@ -141,25 +142,33 @@ func (s *EventStoreService) toNewEvent(e *eventgwv1.NewEvent, ar store.AppendReq
 	if e == nil {
 		return store.NewEvent{}, validate.Errorf("", "is null")
 	}
-	ne := store.NewEvent{ID: e.GetEventId(), Type: e.GetEventType(), OccurredAt: now}
-	if ne.ID == "" {
+	ne := store.NewEvent{Type: e.GetEventType(), OccurredAt: now}
+	if e.GetEventId() == "" {
 		ne.ID = uuid.Must(uuid.NewV7()).String()
-	} else if err := validate.UUID("event_id", ne.ID); err != nil {
-		return ne, err
+	} else {
+		id, err := validate.CanonicalUUID("event_id", e.GetEventId())
+		if err != nil {
+			return ne, err
+		}
+		ne.ID = id
 	}
 	if err := validate.EventType("event_type", ne.Type); err != nil {
 		return ne, err
 	}
+	// Only what every reader can give back is stored (validate.JSONObject's limits).
 	switch d := e.GetBody().(type) {
 	case *eventgwv1.NewEvent_Data:
 		b, err := event.AppendStructJSON(make([]byte, 0, 256), d.Data)
 		if err != nil {
-			return ne, validate.Errorf("data", "holds a NaN or infinite number, which JSON cannot represent")
+			return ne, validate.Prefix("data", err)
 		}
 		ne.Data = b
 	case *eventgwv1.NewEvent_DataJson:
-		if !event.IsJSONObject(d.DataJson) {
-			return ne, validate.Errorf("data_json", "must be a JSON object")
+		if len(d.DataJson) > s.maxBytes {
+			return ne, validate.Errorf("data_json", "is %d bytes, over the %d-byte limit (--max-event-bytes)", len(d.DataJson), s.maxBytes)
+		}
+		if err := validate.JSONObject("data_json", d.DataJson); err != nil {
+			return ne, err
 		}
 		ne.Data = d.DataJson
 	default:
@@ -173,24 +182,26 @@ func (s *EventStoreService) toNewEvent(e *eventgwv1.NewEvent, ar store.AppendReq
 			return ne, validate.Errorf("metadata", "has %d entries, over the limit of 32", len(md))
 		}
 		for k, v := range md {
+			// Errors say which rule a key broke, never the key.
 			if !validMetaKey(k) {
 				return ne, validate.Errorf("metadata", "keys must be 1-40 lowercase letters, digits or _ starting with a letter")
 			}
 			if err := event.CheckStoredMetadataKey(k); err != nil {
 				return ne, err
 			}
-			if err := validate.Text("metadata."+k, v, 1024); err != nil {
-				return ne, err
+			if err := validate.Text("metadata", v, 1024); err != nil {
+				return ne, validate.Errorf("metadata", "a value is longer than 1024 bytes, holds control characters or is not UTF-8")
 			}
 		}
 		b, _ := json.Marshal(md)
 		ne.Metadata = b
 	}
 	if t := e.GetOccurredAt(); t != nil {
-		if err := t.CheckValid(); err != nil {
-			return ne, validate.Errorf("occurred_at", "is not a valid timestamp")
+		at, err := validate.Timestamp("occurred_at", t)
+		if err != nil {
+			return ne, err
 		}
-		ne.OccurredAt = t.AsTime()
+		ne.OccurredAt = at
 	}
 	// The event will be published through the outbox: it must pass every publish check
 	// (domain, schema) now, or it would block its outbox shard later.
@@ -205,7 +216,10 @@ func (s *EventStoreService) toNewEvent(e *eventgwv1.NewEvent, ar store.AppendReq
 	return ne, nil
 }
 
-func toStored(e *store.StoredEvent, asJSON bool, out *eventgwv1.StoredEvent) error {
+// toStored converts a stored event for an answer. It never fails: an event whose data
+// cannot be given as a Struct (stored before the write-time limits) is answered with
+// data_json and data_not_struct instead, so one such event never fails its page.
+func toStored(e *store.StoredEvent, asJSON bool, out *eventgwv1.StoredEvent) {
 	*out = eventgwv1.StoredEvent{
 		EventId: e.EventID, TenantId: e.TenantID, AggregateType: e.AggregateType, AggregateId: e.AggregateID,
 		Version: e.Version, EventType: e.Type, OccurredAt: timestamppb.New(e.OccurredAt), Position: e.Position,
@@ -219,60 +233,72 @@ func toStored(e *store.StoredEvent, asJSON bool, out *eventgwv1.StoredEvent) err
 	}
 	if asJSON {
 		out.DataJson = e.Data
-		return nil
+		return
 	}
-	st := &structpb.Struct{}
-	if err := st.UnmarshalJSON(e.Data); err != nil {
-		return err
+	if st, ok := storedStruct(e.Data); ok {
+		out.Data = st
+		return
 	}
-	out.Data = st
-	return nil
+	out.DataJson, out.DataNotStruct = e.Data, true
 }
 
-func toStoredPage(evs []store.StoredEvent, asJSON bool) ([]*eventgwv1.StoredEvent, error) {
+// storedStruct converts stored JSON to a Struct, when it is an object within the nesting
+// limit (a deeper one would pass here but fail the client's decoder) that protojson
+// reads (numbers within float64's range).
+func storedStruct(b []byte) (*structpb.Struct, bool) {
+	if validate.JSONDepth(b) > validate.MaxDepth {
+		return nil, false
+	}
+	st := &structpb.Struct{}
+	if err := st.UnmarshalJSON(b); err != nil {
+		return nil, false // its text quotes the data: dropped
+	}
+	return st, true
+}
+
+func toStoredPage(evs []store.StoredEvent, asJSON bool) []*eventgwv1.StoredEvent {
 	backing := make([]eventgwv1.StoredEvent, len(evs))
 	out := make([]*eventgwv1.StoredEvent, len(evs))
 	for i := range evs {
-		if err := toStored(&evs[i], asJSON, &backing[i]); err != nil {
-			return nil, err
-		}
+		toStored(&evs[i], asJSON, &backing[i])
 		out[i] = &backing[i]
 	}
-	return out, nil
+	return out
 }
 
-func checkTenantAggregate(tenant, aggregate string) error {
-	if err := validate.UUID("tenant_id", tenant); err != nil {
-		return err
+// tenantAggregate answers the request's tenant and aggregate ids in canonical form.
+func tenantAggregate(tenant, aggregate string) (string, string, error) {
+	t, err := validate.CanonicalUUID("tenant_id", tenant)
+	if err != nil {
+		return "", "", err
 	}
-	return validate.UUID("aggregate_id", aggregate)
+	a, err := validate.CanonicalUUID("aggregate_id", aggregate)
+	return t, a, err
 }
 
 // ReadAggregate implements EventStoreService.ReadAggregate.
 func (s *EventStoreService) ReadAggregate(req *eventgwv1.ReadAggregateRequest, stream eventgwv1.EventStoreService_ReadAggregateServer) error {
-	if err := checkTenantAggregate(req.GetTenantId(), req.GetAggregateId()); err != nil {
+	tenant, agg, err := tenantAggregate(req.GetTenantId(), req.GetAggregateId())
+	if err != nil {
 		return rewriteError(err)
 	}
 	if req.GetFromVersion() < 0 {
 		return rewriteError(validate.Errorf("from_version", "must not be negative"))
 	}
-	err := s.events.ReadAggregate(stream.Context(), req.GetTenantId(), req.GetAggregateId(), req.GetFromVersion(), 500,
+	err = s.events.ReadAggregate(stream.Context(), tenant, agg, req.GetFromVersion(), 500,
 		func(page []store.StoredEvent) error {
-			evs, err := toStoredPage(page, req.GetDataAsJson())
-			if err != nil {
-				return err
-			}
-			return stream.Send(&eventgwv1.ReadAggregateResponse{Events: evs})
+			return stream.Send(&eventgwv1.ReadAggregateResponse{Events: toStoredPage(page, req.GetDataAsJson())})
 		})
 	return rewriteError(err)
 }
 
 // LoadAggregate implements EventStoreService.LoadAggregate.
 func (s *EventStoreService) LoadAggregate(ctx context.Context, req *eventgwv1.LoadAggregateRequest) (*eventgwv1.LoadAggregateResponse, error) {
-	if err := checkTenantAggregate(req.GetTenantId(), req.GetAggregateId()); err != nil {
+	tenant, agg, err := tenantAggregate(req.GetTenantId(), req.GetAggregateId())
+	if err != nil {
 		return nil, rewriteError(err)
 	}
-	l, err := s.events.Load(ctx, req.GetTenantId(), req.GetAggregateId())
+	l, err := s.events.Load(ctx, tenant, agg)
 	if err != nil {
 		return nil, rewriteError(err)
 	}
@@ -281,46 +307,42 @@ func (s *EventStoreService) LoadAggregate(ctx context.Context, req *eventgwv1.Lo
 		resp.SnapshotVersion = l.Snapshot.Version
 	}
 	if int64(len(l.Tail)) >= s.snapshots.Every() && s.snapshots.Every() > 0 {
-		s.snapshots.Enqueue(req.GetTenantId(), req.GetAggregateId())
+		s.snapshots.Enqueue(tenant, agg)
 	}
 	if req.GetRaw() {
 		resp.EventsFolded = 0
 		if l.Snapshot != nil {
-			if err := setState(resp, l.Snapshot.State, req.GetDataAsJson()); err != nil {
-				return nil, rewriteError(err)
-			}
+			setState(resp, l.Snapshot.State, req.GetDataAsJson())
 		}
-		if resp.Events, err = toStoredPage(l.Tail, req.GetDataAsJson()); err != nil {
-			return nil, rewriteError(err)
-		}
+		resp.Events = toStoredPage(l.Tail, req.GetDataAsJson())
 		return resp, nil
 	}
 	state, err := store.FoldJSON(l)
 	if err != nil {
 		return nil, rewriteError(err)
 	}
-	if err := setState(resp, state, req.GetDataAsJson()); err != nil {
-		return nil, rewriteError(err)
-	}
+	setState(resp, state, req.GetDataAsJson())
 	return resp, nil
 }
 
-func setState(resp *eventgwv1.LoadAggregateResponse, state []byte, asJSON bool) error {
+// setState sets the state as asked, or as state_json with state_not_struct when it
+// cannot be a Struct (see toStored).
+func setState(resp *eventgwv1.LoadAggregateResponse, state []byte, asJSON bool) {
 	if asJSON {
 		resp.StateJson = state
-		return nil
+		return
 	}
-	st := &structpb.Struct{}
-	if err := st.UnmarshalJSON(state); err != nil {
-		return err
+	if st, ok := storedStruct(state); ok {
+		resp.State = st
+		return
 	}
-	resp.State = st
-	return nil
+	resp.StateJson, resp.StateNotStruct = state, true
 }
 
 // SaveSnapshot implements EventStoreService.SaveSnapshot.
 func (s *EventStoreService) SaveSnapshot(ctx context.Context, req *eventgwv1.SaveSnapshotRequest) (*eventgwv1.SaveSnapshotResponse, error) {
-	if err := checkTenantAggregate(req.GetTenantId(), req.GetAggregateId()); err != nil {
+	tenant, agg, err := tenantAggregate(req.GetTenantId(), req.GetAggregateId())
+	if err != nil {
 		return nil, rewriteError(err)
 	}
 	if req.GetVersion() < 1 {
@@ -331,12 +353,12 @@ func (s *EventStoreService) SaveSnapshot(ctx context.Context, req *eventgwv1.Sav
 	}
 	b, err := event.AppendStructJSON(nil, req.GetState())
 	if err != nil {
-		return nil, rewriteError(validate.Errorf("state", "holds a NaN or infinite number"))
+		return nil, rewriteError(validate.Prefix("state", err))
 	}
 	if len(b) > s.maxBytes*16 {
 		return nil, rewriteError(validate.Errorf("state", "is %d bytes, over the %d-byte limit", len(b), s.maxBytes*16))
 	}
-	id, err := s.events.SaveSnapshot(ctx, req.GetTenantId(), req.GetAggregateId(), req.GetVersion(), b)
+	id, err := s.events.SaveSnapshot(ctx, tenant, agg, req.GetVersion(), b)
 	if err != nil {
 		return nil, rewriteError(err)
 	}
@@ -346,10 +368,11 @@ func (s *EventStoreService) SaveSnapshot(ctx context.Context, req *eventgwv1.Sav
 // ReplayEvents implements EventStoreService.ReplayEvents.
 func (s *EventStoreService) ReplayEvents(req *eventgwv1.ReplayEventsRequest, stream eventgwv1.EventStoreService_ReplayEventsServer) error {
 	f := store.ReplayFilter{
-		TenantID: req.GetTenantId(), AggregateType: req.GetAggregateType(),
+		AggregateType: req.GetAggregateType(),
 		AfterPosition: req.GetAfterPosition(), Limit: req.GetLimit(), EventTypes: req.GetEventTypes(),
 	}
-	if err := validate.UUID("tenant_id", f.TenantID); err != nil {
+	var err error
+	if f.TenantID, err = validate.CanonicalUUID("tenant_id", req.GetTenantId()); err != nil {
 		return rewriteError(err)
 	}
 	if err := validate.Name("aggregate_type", f.AggregateType, 100, false); err != nil {
@@ -366,11 +389,11 @@ func (s *EventStoreService) ReplayEvents(req *eventgwv1.ReplayEventsRequest, str
 	if f.AfterPosition < 0 || f.Limit < 0 {
 		return rewriteError(validate.Errorf("after_position", "and limit must not be negative"))
 	}
-	if t := req.GetFromTime(); t != nil {
-		f.From = t.AsTime()
+	if f.From, err = validate.Timestamp("from_time", req.GetFromTime()); err != nil {
+		return rewriteError(err)
 	}
-	if t := req.GetToTime(); t != nil {
-		f.To = t.AsTime()
+	if f.To, err = validate.Timestamp("to_time", req.GetToTime()); err != nil {
+		return rewriteError(err)
 	}
 	if !f.From.IsZero() && !f.To.IsZero() && !f.From.Before(f.To) {
 		return rewriteError(validate.Errorf("to_time", "must be after from_time"))
@@ -382,17 +405,13 @@ func (s *EventStoreService) ReplayEvents(req *eventgwv1.ReplayEventsRequest, str
 		}
 	}
 	ctx := stream.Context()
-	err := s.events.Replay(ctx, f, s.replayPage, func(page []store.StoredEvent) error {
+	err = s.events.Replay(ctx, f, s.replayPage, func(page []store.StoredEvent) error {
 		if target != "" {
 			if err := s.republish(ctx, page, target); err != nil {
 				return err
 			}
 		}
-		evs, err := toStoredPage(page, req.GetDataAsJson())
-		if err != nil {
-			return err
-		}
-		return stream.Send(&eventgwv1.ReplayEventsResponse{Events: evs})
+		return stream.Send(&eventgwv1.ReplayEventsResponse{Events: toStoredPage(page, req.GetDataAsJson())})
 	})
 	return rewriteError(err)
 }

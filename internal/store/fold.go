@@ -1,6 +1,8 @@
 package store
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 
 	"github.com/valyala/fastjson"
@@ -10,7 +12,21 @@ import (
 // event's data applied as an RFC 7386 merge patch. A state that ends up not being an
 // object is {}. Values are spliced as parsed, so numbers keep their exact text (no
 // float64 round trip) and nothing is decoded into Go maps.
+//
+// Every value PostgreSQL's jsonb holds can be folded: data stored before the write-time
+// limits (validate.MaxDepth) may nest deeper than fastjson parses (300 levels), and is
+// then folded by encoding/json instead (numbers still kept as written). Only data that
+// neither can parse is an *UnfoldableError, which names the event's version, never the
+// data.
 func FoldJSON(l *Loaded) ([]byte, error) {
+	out, err := foldFast(l)
+	if err == nil {
+		return out, nil
+	}
+	return foldSlow(l)
+}
+
+func foldFast(l *Loaded) ([]byte, error) {
 	var a fastjson.Arena
 	state := a.NewObject()
 	// Merged values point into the parsers' buffers, so both parsers live until the
@@ -55,15 +71,79 @@ func FoldJSON(l *Loaded) ([]byte, error) {
 	return state.MarshalTo(nil), nil
 }
 
-// malformedEvent names the first event whose data is not one JSON value.
-func malformedEvent(tail []StoredEvent, err error) error {
+// malformedEvent names the first event whose data is not one JSON value. fastjson's
+// errors quote the input, so they are dropped here.
+func malformedEvent(tail []StoredEvent, _ error) error {
 	var p fastjson.Parser
 	for i := range tail {
 		if _, perr := p.ParseBytes(tail[i].Data); perr != nil {
-			return fmt.Errorf("event %s data: %w", tail[i].EventID, perr)
+			return &UnfoldableError{EventID: tail[i].EventID, Version: tail[i].Version}
 		}
 	}
-	return fmt.Errorf("events data: %w", err)
+	return &UnfoldableError{}
+}
+
+// foldSlow is FoldJSON with encoding/json (nesting up to 10,000 levels): for data
+// fastjson cannot parse. Its output has sorted keys.
+func foldSlow(l *Loaded) ([]byte, error) {
+	var state any = map[string]any{}
+	if l.Snapshot != nil {
+		v, err := decodeNumbers(l.Snapshot.State)
+		if err != nil {
+			return nil, &UnfoldableError{Snapshot: true, Version: l.Snapshot.Version}
+		}
+		state = v
+	}
+	for i := range l.Tail {
+		p, err := decodeNumbers(l.Tail[i].Data)
+		if err != nil {
+			return nil, &UnfoldableError{EventID: l.Tail[i].EventID, Version: l.Tail[i].Version}
+		}
+		state = mergeAny(state, p)
+	}
+	if _, ok := state.(map[string]any); !ok {
+		return []byte("{}"), nil
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(state); err != nil {
+		return nil, &UnfoldableError{}
+	}
+	return bytes.TrimRight(buf.Bytes(), "\n"), nil
+}
+
+func decodeNumbers(b []byte) (any, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("more than one value")
+	}
+	return v, nil
+}
+
+// mergeAny is mergePatch on decoded values.
+func mergeAny(target, patch any) any {
+	po, ok := patch.(map[string]any)
+	if !ok {
+		return patch
+	}
+	to, ok := target.(map[string]any)
+	if !ok {
+		to = map[string]any{}
+	}
+	for k, v := range po {
+		if v == nil {
+			delete(to, k)
+			continue
+		}
+		to[k] = mergeAny(to[k], v)
+	}
+	return to
 }
 
 // mergePatch merges patch into target (changing target in place when it is an object)

@@ -1,6 +1,8 @@
 package store
 
 import (
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/valyala/fastjson"
@@ -58,5 +60,33 @@ func TestFoldJSON(t *testing.T) {
 	}
 	if _, err := FoldJSON(&Loaded{Tail: []StoredEvent{{EventID: "e1", Data: []byte(`{`)}}}); err == nil {
 		t.Error("malformed event data was folded")
+	}
+}
+
+// Data stored before the write-time limits, nested deeper than fastjson parses (300),
+// still folds (by encoding/json), numbers kept as written; data no parser reads is an
+// *UnfoldableError that names the version, never the data.
+func TestFoldJSONLegacyData(t *testing.T) {
+	deep := strings.Repeat(`{"a":`, 400) + `1` + strings.Repeat(`}`, 400)
+	big := `1` + strings.Repeat("0", 400) // 1e400 as jsonb gives it back
+	l := &Loaded{
+		Snapshot: &Snapshot{Version: 3, State: []byte(`{"deep":` + deep + `,"keep":"x"}`)},
+		Tail: []StoredEvent{
+			{EventID: "e4", Version: 4, Data: []byte(`{"big":` + big + `,"keep":null}`)},
+			{EventID: "e5", Version: 5, Data: []byte(`{"n":9007199254740993}`)},
+		},
+	}
+	got, err := FoldJSON(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"big":` + big + `,"deep":` + deep + `,"n":9007199254740993}`
+	if string(got) != want {
+		t.Errorf("fold of legacy data: %.200s…", got)
+	}
+	_, err = FoldJSON(&Loaded{Tail: []StoredEvent{{EventID: "e1", Version: 1, Data: []byte(`{"a":1}`)}, {EventID: "e2", Version: 2, Data: []byte(`{"SECRET":`)}}})
+	var ue *UnfoldableError
+	if !errors.As(err, &ue) || ue.Version != 2 || strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("unparseable data: %v", err)
 	}
 }

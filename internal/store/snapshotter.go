@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/eventgw/eventgw/internal/redact"
 )
 
 // Snapshotter writes automatic snapshots off the append's critical path: appends that
@@ -53,7 +55,8 @@ func (s *Snapshotter) Run(ctx context.Context) error {
 		case j := <-s.queue:
 			jctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			if err := s.snapshot(jctx, j); err != nil && !errors.Is(err, ErrSnapshotVersion) && ctx.Err() == nil {
-				s.log.Warn("automatic snapshot failed", zap.String("aggregate_id", j.aggregate), zap.Error(err))
+				// By class and code: a fold or driver error's text may quote the data.
+				s.log.Warn("automatic snapshot failed", zap.String("aggregate_id", j.aggregate), redact.Error(err))
 			}
 			cancel()
 		}

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/IBM/sarama"
+	"github.com/valyala/fastjson"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -55,10 +57,32 @@ func payloadJSON(ctx context.Context, dec Decoder, rec *sarama.ConsumerMessage) 
 	if isAvro(rec) {
 		return dec.DecodeJSON(ctx, rec.Value)
 	}
-	if !event.IsJSONObject(rec.Value) {
+	if !isJSONObject(rec.Value) {
 		return nil, errNotJSON
 	}
 	return rec.Value, nil
+}
+
+// isJSONObject reports whether a consumed value is a JSON object. Records from other
+// producers are judged by JSON's syntax alone, not by the limits the gateway's writers
+// enforce (event.IsJSONObject): a payload_as_json stream can take any JSON object, and
+// a Struct stream dead-letters only what a Struct cannot hold.
+func isJSONObject(b []byte) bool {
+	i := 0
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i < len(b) && b[i] == '{' && fastjson.ValidateBytes(b) == nil
+}
+
+// protoString is b as a protobuf string: a foreign record's key or header may hold
+// bytes that are not UTF-8, which a Delivery could not be marshalled with; they become
+// U+FFFD.
+func protoString(b []byte) string {
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	return strings.ToValidUTF8(string(b), "\uFFFD")
 }
 
 var errNotJSON = errors.New("the value is neither a JSON object nor Avro in Confluent wire format")
@@ -73,15 +97,15 @@ func isPermanent(err error) bool {
 func toDelivery(ctx context.Context, dec Decoder, rec *sarama.ConsumerMessage, id string, attempt int32, asJSON bool) (*eventgwv1.Delivery, error) {
 	d := &eventgwv1.Delivery{
 		DeliveryId: id, Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Attempt: attempt,
-		Key: string(rec.Key),
+		Key: protoString(rec.Key),
 	}
 	for _, h := range rec.Headers {
-		k := string(h.Key)
+		k := protoString(h.Key)
 		name, ok := strings.CutPrefix(k, event.ExtensionPrefix)
 		if !ok {
 			continue
 		}
-		v := string(h.Value)
+		v := protoString(h.Value)
 		switch k {
 		case event.HeaderID:
 			d.EventId = v

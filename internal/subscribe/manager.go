@@ -18,6 +18,7 @@ import (
 	"github.com/eventgw/eventgw/internal/deadletter"
 	"github.com/eventgw/eventgw/internal/kafka"
 	"github.com/eventgw/eventgw/internal/metrics"
+	"github.com/eventgw/eventgw/internal/redact"
 	"github.com/eventgw/eventgw/internal/validate"
 )
 
@@ -172,7 +173,7 @@ func (m *Manager) Subscribe(ctx context.Context, o Options, send Send) error {
 	go func() {
 		defer close(errsDone)
 		for err := range group.Errors() {
-			s.log.Warn("consumer group", zap.Error(err))
+			s.log.Warn("consumer group", redact.Error(err))
 		}
 	}()
 	go func() { defer wg.Done(); s.committer() }()
@@ -190,7 +191,7 @@ func (m *Manager) Subscribe(ctx context.Context, o Options, send Send) error {
 	// left can no longer commit.
 	<-consumed
 	if err := group.Close(); err != nil {
-		s.log.Debug("leave group", zap.Error(err))
+		s.log.Debug("leave group", redact.Error(err))
 	}
 	<-errsDone
 	wg.Wait()
@@ -220,7 +221,7 @@ func (s *stream) consume() {
 		if errors.Is(err, sarama.ErrClosedConsumerGroup) {
 			return
 		}
-		s.log.Warn("consumer group session ended; rejoining", zap.Error(err))
+		s.log.Warn("consumer group session ended; rejoining", redact.Error(err))
 		select {
 		case <-s.ctx.Done():
 		case <-time.After(time.Second):
@@ -274,7 +275,7 @@ func (s *stream) sender(send Send) error {
 				d, err := toDelivery(s.ctx, s.m.decoder, t.rec, string(idBuf[start:]), t.attempt, s.opts.PayloadJSON)
 				if err != nil {
 					s.log.Warn("cannot decode a consumed event for delivery", zap.String("topic", t.rec.Topic),
-						zap.Int32("partition", t.rec.Partition), zap.Int64("offset", t.rec.Offset), zap.Error(err))
+						zap.Int32("partition", t.rec.Partition), zap.Int64("offset", t.rec.Offset), redact.Error(err))
 					s.undeliverable(t, err)
 					continue
 				}

@@ -16,6 +16,7 @@ import (
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
 	"github.com/eventgw/eventgw/internal/deadletter"
 	"github.com/eventgw/eventgw/internal/event"
+	"github.com/eventgw/eventgw/internal/redact"
 )
 
 // States of a held record.
@@ -484,7 +485,7 @@ func (s *stream) startDeadLetter(m *msg) chan struct{} {
 		if err != nil {
 			m.dlqTries++
 			s.log.Warn("dead-letter hand-off failed; trying again", zap.String("topic", m.rec.Topic),
-				zap.Int32("partition", m.rec.Partition), zap.Int64("offset", m.rec.Offset), zap.Error(err))
+				zap.Int32("partition", m.rec.Partition), zap.Int64("offset", m.rec.Offset), redact.Error(err))
 			s.schedule(m, stDLQWait, s.backoffFor(min(m.dlqTries, 10)))
 			return
 		}
@@ -604,7 +605,7 @@ func (s *stream) undeliverable(t taken, err error) {
 	}
 	if isPermanent(err) {
 		m.attempt = max(m.attempt, 1)
-		s.fail(m, true, "eventgw.UndecodablePayload", err.Error())
+		s.fail(m, true, "eventgw.UndecodablePayload", redact.Describe(err))
 	} else {
 		// The registry is unreachable: not the event's fault, so no attempt is counted.
 		m.attempt--

@@ -4,6 +4,7 @@ package validate
 
 import (
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -21,6 +22,10 @@ func (e *Error) Error() string {
 	}
 	return e.Field + ": " + e.Reason
 }
+
+// LogSafe marks the text as loggable (redact.Safe): it names a field and a rule, never
+// the field's value.
+func (e *Error) LogSafe() {}
 
 // Errorf builds an *Error for field.
 func Errorf(field, format string, args ...any) *Error {
@@ -119,15 +124,20 @@ func Name(field, s string, max int, required bool) error {
 	return nil
 }
 
-// Text checks free text: at most max bytes and no control characters.
+// Text checks free text: at most max bytes, valid UTF-8 and no control characters.
 func Text(field, s string, max int) error {
 	if len(s) > max {
 		return Errorf(field, "is longer than %d bytes", max)
 	}
+	ascii := true
 	for i := 0; i < len(s); i++ {
 		if s[i] < 0x20 || s[i] == 0x7f {
 			return Errorf(field, "must not contain control characters")
 		}
+		ascii = ascii && s[i] < utf8.RuneSelf
+	}
+	if !ascii && !utf8.ValidString(s) {
+		return Errorf(field, "must be valid UTF-8")
 	}
 	return nil
 }

@@ -29,7 +29,8 @@ type FailedEvent struct {
 	TenantId  string                 `protobuf:"bytes,2,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
 	EventId   string                 `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	EventType string                 `protobuf:"bytes,4,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
-	// The event's payload as JSON (Avro payloads decoded); a payload that was not JSON
+	// The event's payload as JSON (Avro payloads decoded); a payload that was not JSON,
+	// or that a Struct cannot hold (beyond the gateway's limits on nesting and numbers),
 	// is {"base64": "..."}.
 	EventPayload *structpb.Struct `protobuf:"bytes,5,opt,name=event_payload,json=eventPayload,proto3" json:"event_payload,omitempty"`
 	ErrorType    string           `protobuf:"bytes,6,opt,name=error_type,json=errorType,proto3" json:"error_type,omitempty"`

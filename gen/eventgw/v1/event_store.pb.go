@@ -257,8 +257,13 @@ type StoredEvent struct {
 	// Global position: unique and increasing in commit-safe order (not dense).
 	Position int64 `protobuf:"varint,10,opt,name=position,proto3" json:"position,omitempty"`
 	// The data as JSON bytes instead of data, when the request asked for data_as_json.
-	DataJson      []byte                 `protobuf:"bytes,11,opt,name=data_json,json=dataJson,proto3" json:"data_json,omitempty"`
-	RecordedAt    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	DataJson   []byte                 `protobuf:"bytes,11,opt,name=data_json,json=dataJson,proto3" json:"data_json,omitempty"`
+	RecordedAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	// Set, without data_as_json, on an event whose stored data cannot be given as a
+	// google.protobuf.Struct (stored before the gateway enforced its limits on nesting
+	// and numbers): data is empty and data_json holds the stored JSON instead. The other
+	// events of the page are unaffected.
+	DataNotStruct bool `protobuf:"varint,13,opt,name=data_not_struct,json=dataNotStruct,proto3" json:"data_not_struct,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -375,6 +380,13 @@ func (x *StoredEvent) GetRecordedAt() *timestamppb.Timestamp {
 		return x.RecordedAt
 	}
 	return nil
+}
+
+func (x *StoredEvent) GetDataNotStruct() bool {
+	if x != nil {
+		return x.DataNotStruct
+	}
+	return false
 }
 
 type AppendEventsRequest struct {
@@ -711,9 +723,13 @@ type LoadAggregateResponse struct {
 	// With raw: the events after the snapshot.
 	Events []*StoredEvent `protobuf:"bytes,6,rep,name=events,proto3" json:"events,omitempty"`
 	// The state as JSON bytes, when the request asked for data_as_json.
-	StateJson     []byte `protobuf:"bytes,7,opt,name=state_json,json=stateJson,proto3" json:"state_json,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	StateJson []byte `protobuf:"bytes,7,opt,name=state_json,json=stateJson,proto3" json:"state_json,omitempty"`
+	// Set, without data_as_json, when the state cannot be given as a
+	// google.protobuf.Struct (events or a snapshot stored before the gateway enforced its
+	// limits on nesting and numbers): state is empty and state_json holds it instead.
+	StateNotStruct bool `protobuf:"varint,8,opt,name=state_not_struct,json=stateNotStruct,proto3" json:"state_not_struct,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *LoadAggregateResponse) Reset() {
@@ -793,6 +809,13 @@ func (x *LoadAggregateResponse) GetStateJson() []byte {
 		return x.StateJson
 	}
 	return nil
+}
+
+func (x *LoadAggregateResponse) GetStateNotStruct() bool {
+	if x != nil {
+		return x.StateNotStruct
+	}
+	return false
 }
 
 type SaveSnapshotRequest struct {
@@ -1139,7 +1162,7 @@ const file_eventgw_v1_event_store_proto_rawDesc = "" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x06\n" +
-	"\x04body\"\xa8\x04\n" +
+	"\x04body\"\xd0\x04\n" +
 	"\vStoredEvent\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12%\n" +
@@ -1156,7 +1179,8 @@ const file_eventgw_v1_event_store_proto_rawDesc = "" +
 	" \x01(\x03R\bposition\x12\x1b\n" +
 	"\tdata_json\x18\v \x01(\fR\bdataJson\x12;\n" +
 	"\vrecorded_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"recordedAt\x1a;\n" +
+	"recordedAt\x12&\n" +
+	"\x0fdata_not_struct\x18\r \x01(\bR\rdataNotStruct\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x01\n" +
@@ -1183,7 +1207,7 @@ const file_eventgw_v1_event_store_proto_rawDesc = "" +
 	"\faggregate_id\x18\x02 \x01(\tR\vaggregateId\x12\x10\n" +
 	"\x03raw\x18\x03 \x01(\bR\x03raw\x12 \n" +
 	"\fdata_as_json\x18\x04 \x01(\bR\n" +
-	"dataAsJson\"\xa7\x02\n" +
+	"dataAsJson\"\xd1\x02\n" +
 	"\x15LoadAggregateResponse\x12%\n" +
 	"\x0eaggregate_type\x18\x01 \x01(\tR\raggregateType\x12-\n" +
 	"\x05state\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x05state\x12\x18\n" +
@@ -1192,7 +1216,8 @@ const file_eventgw_v1_event_store_proto_rawDesc = "" +
 	"\x10snapshot_version\x18\x05 \x01(\x03R\x0fsnapshotVersion\x12/\n" +
 	"\x06events\x18\x06 \x03(\v2\x17.eventgw.v1.StoredEventR\x06events\x12\x1d\n" +
 	"\n" +
-	"state_json\x18\a \x01(\fR\tstateJson\"\x9e\x01\n" +
+	"state_json\x18\a \x01(\fR\tstateJson\x12(\n" +
+	"\x10state_not_struct\x18\b \x01(\bR\x0estateNotStruct\"\x9e\x01\n" +
 	"\x13SaveSnapshotRequest\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12!\n" +
 	"\faggregate_id\x18\x02 \x01(\tR\vaggregateId\x12\x18\n" +
