@@ -32,6 +32,7 @@ const (
 	// LoopbackGRPCAddr is the loopback TCP gRPC address, served beside the socket when
 	// the sidecar has a second listener flag (loopbackFlag).
 	LoopbackGRPCAddr = "127.0.0.1:50051"
+	loopbackGRPCPort = 50051
 	// HTTPPortName names the sidecar's /metrics, /healthz and /readyz port.
 	HTTPPortName = "eventgw-http"
 	// DefaultUID is the sidecar's user (distroless "nonroot") unless the pod sets one.
@@ -213,9 +214,8 @@ func (in *Injector) Inject(pod *corev1.Pod) (*corev1.Pod, Outcome, error) {
 // path or socket variable for something else.
 func (in *Injector) checkConflicts(pod *corev1.Pod) error {
 	ports := []int32{in.httpPort}
-	if _, p, err := net.SplitHostPort(LoopbackGRPCAddr); err == nil && in.loopback {
-		n, _ := strconv.Atoi(p)
-		ports = append(ports, int32(n))
+	if in.loopback {
+		ports = append(ports, loopbackGRPCPort)
 	}
 	for _, v := range pod.Spec.Volumes {
 		if v.Name == SocketVolume {
@@ -262,8 +262,8 @@ func (in *Injector) sidecar(pod *corev1.Pod, s settings) (corev1.Container, erro
 	}
 	if len(s.tenants) > 0 {
 		if !in.tenants {
-			return corev1.Container{}, &AnnotationError{AnnotationTenants, pod.Annotations[AnnotationTenants],
-				"cannot be enforced: this eventgw build's serve has no --tenants flag (use a newer eventgw)"}
+			const why = "cannot be enforced: this eventgw build's serve has no --tenants flag (use a newer eventgw)"
+			return corev1.Container{}, &AnnotationError{AnnotationTenants, pod.Annotations[AnnotationTenants], why}
 		}
 		args = append(args, "--tenants="+strings.Join(s.tenants, ","))
 	}
@@ -290,12 +290,12 @@ func (in *Injector) sidecar(pod *corev1.Pod, s settings) (corev1.Container, erro
 	}
 	var envFrom []corev1.EnvFromSource
 	if in.cfg.ConnectionConfigMap != "" {
-		envFrom = append(envFrom, corev1.EnvFromSource{ConfigMapRef: &corev1.ConfigMapEnvSource{
-			LocalObjectReference: corev1.LocalObjectReference{Name: in.cfg.ConnectionConfigMap}}})
+		ref := corev1.LocalObjectReference{Name: in.cfg.ConnectionConfigMap}
+		envFrom = append(envFrom, corev1.EnvFromSource{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: ref}})
 	}
 	if in.cfg.ConnectionSecret != "" {
-		envFrom = append(envFrom, corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{
-			LocalObjectReference: corev1.LocalObjectReference{Name: in.cfg.ConnectionSecret}}})
+		ref := corev1.LocalObjectReference{Name: in.cfg.ConnectionSecret}
+		envFrom = append(envFrom, corev1.EnvFromSource{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: ref}})
 	}
 	probe := func(path string, period, timeout, failures int32) *corev1.Probe {
 		return &corev1.Probe{
