@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -52,7 +51,11 @@ func ProducerConfig(clientID string, maxMessageBytes int) *sarama.Config {
 	c.Producer.Return.Successes = true
 	c.Producer.Return.Errors = true
 	c.Producer.Retry.Max = 5
-	c.Producer.Retry.BackoffFunc = retryBackoff
+	// A fixed backoff: with a jittered sarama BackoffFunc the idempotent producer's
+	// retries reordered a partition's records in TestPublishFallbackQueuesWhileKafkaDown
+	// (seen, not yet explained). The gateway's own retries (the relay, the breaker's
+	// trials) back off with jitter.
+	c.Producer.Retry.Backoff = 100 * time.Millisecond
 	c.Producer.Timeout = 10 * time.Second
 	c.Producer.MaxMessageBytes = maxMessageBytes
 	c.Producer.Flush.Frequency = 0
@@ -62,15 +65,6 @@ func ProducerConfig(clientID string, maxMessageBytes int) *sarama.Config {
 	c.Producer.Partitioner = NewJavaCompatiblePartitioner
 	c.ChannelBufferSize = 4096
 	return c
-}
-
-// retryBackoff is the wait before a failed produce request's retry n (0-based):
-// exponential from 50 ms, capped at 800 ms, with jitter over its upper half, so that
-// sidecars retrying after a broker failure do not return in step. Five retries span
-// about 0.8 to 1.6 s; the publish's deadline bounds the wait for their outcome.
-func retryBackoff(retries, _ int) time.Duration {
-	d := min(50*time.Millisecond<<min(retries, 4), 800*time.Millisecond)
-	return d/2 + rand.N(d/2+1)
 }
 
 // Result is the outcome of one message.
@@ -85,6 +79,11 @@ type Batch struct {
 	slots     []slot
 	remaining atomic.Int64
 	done      chan struct{}
+	// inProducer counts messages handed to the producer that it has not reported on
+	// yet (they may still reach Kafka, even after Wait gave up on them); quiet is closed
+	// when it is back to zero once sending is over.
+	inProducer atomic.Int64
+	quiet      chan struct{}
 }
 
 type slot struct {
@@ -95,15 +94,28 @@ type slot struct {
 
 // NewBatch prepares a batch of n messages.
 func NewBatch(n int) *Batch {
-	b := &Batch{slots: make([]slot, n), done: make(chan struct{})}
+	b := &Batch{slots: make([]slot, n), done: make(chan struct{}), quiet: make(chan struct{})}
 	for i := range b.slots {
 		b.slots[i].b = b
 	}
 	b.remaining.Store(int64(n))
+	b.inProducer.Store(1) // Send's own hold, dropped when it has handed everything over
 	if n == 0 {
 		close(b.done)
 	}
 	return b
+}
+
+// Quiet is closed once the producer has reported on every message of the batch it was
+// given: none of them can reach Kafka any more. Wait may give up on messages earlier
+// (its context ended); a sender that will send the same events again must wait for
+// Quiet first, or a late original could land after the resent ones.
+func (b *Batch) Quiet() <-chan struct{} { return b.quiet }
+
+func (b *Batch) reported() {
+	if b.inProducer.Add(-1) == 0 {
+		close(b.quiet)
+	}
 }
 
 // Done is closed when every message has an outcome.
@@ -177,14 +189,18 @@ func (p *Producer) Attach(client sarama.Client) error {
 	go func() {
 		defer p.wg.Done()
 		for m := range ap.Successes() {
-			m.Metadata.(*slot).complete(Result{Partition: m.Partition, Offset: m.Offset})
+			sl := m.Metadata.(*slot)
+			sl.complete(Result{Partition: m.Partition, Offset: m.Offset})
+			sl.b.reported()
 		}
 	}()
 	go func() {
 		defer p.wg.Done()
 		for pe := range ap.Errors() {
 			p.log.Warn("kafka produce failed", zap.String("topic", pe.Msg.Topic), zap.Error(pe.Err))
-			pe.Msg.Metadata.(*slot).complete(Result{Partition: -1, Offset: -1, Err: &UnavailableError{Err: pe.Err}})
+			sl := pe.Msg.Metadata.(*slot)
+			sl.complete(Result{Partition: -1, Offset: -1, Err: &UnavailableError{Err: pe.Err}})
+			sl.b.reported()
 		}
 	}()
 	return nil
@@ -202,6 +218,7 @@ func (p *Producer) Attached() bool {
 func (p *Producer) Send(ctx context.Context, b *Batch, msgs []*sarama.ProducerMessage) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
+	defer b.reported() // Send's own hold on quiet (a batch is sent once)
 	for i, m := range msgs {
 		s := &b.slots[i]
 		if p.closed {
@@ -213,9 +230,11 @@ func (p *Producer) Send(ctx context.Context, b *Batch, msgs []*sarama.ProducerMe
 			continue
 		}
 		m.Metadata = s
+		b.inProducer.Add(1)
 		select {
 		case p.ap.Input() <- m:
 		case <-ctx.Done():
+			b.inProducer.Add(-1)
 			s.complete(Result{Partition: -1, Offset: -1, Err: ctx.Err()})
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/eventgw/eventgw/internal/event"
+	"github.com/eventgw/eventgw/internal/publish"
 	"github.com/eventgw/eventgw/internal/store"
 )
 
@@ -144,7 +145,17 @@ func (r *Relay) publishQueued(ctx context.Context, recs []store.QueuedRecord) (i
 		n++
 	}
 	if n < len(outs) {
+		settle(pending)
 		return n, outs[n].Err
 	}
 	return n, nil
 }
+
+// settle waits, after a failed batch, until none of its events can still reach Kafka, so
+// that the retry's copies are not overtaken by late originals (per key order).
+// If they are still unresolved after producerSettle, the retry goes ahead (it may then
+// duplicate them; consumers deduplicate by event id).
+func settle(p *publish.Pending) { p.Quiet(producerSettle) }
+
+// producerSettle bounds that wait: the producer's retries and a request's read timeout.
+const producerSettle = 45 * time.Second

@@ -445,6 +445,7 @@ func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (int64, er
 	}
 	for i, o := range pending.Wait(pctx) {
 		if o.Err != nil {
+			settle(pending)
 			// Everything before this event is acknowledged; it and what follows are
 			// published again on the retry.
 			upto = r.cursor

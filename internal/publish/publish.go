@@ -334,6 +334,24 @@ func (pd *Pending) Wait(ctx context.Context) []Outcome {
 	return out
 }
 
+// Quiet waits until none of the events sent to Kafka can still reach it (the producer
+// has reported on each), or d passes; it reports whether that happened. A sender about
+// to send the same events again calls it first, so that a late original does not land
+// after its resent successors.
+func (pd *Pending) Quiet(d time.Duration) bool {
+	if pd.batch == nil {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-pd.batch.Quiet():
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 func firstErr(out []Outcome) error {
 	for i := range out {
 		if out[i].Err != nil {
