@@ -51,6 +51,9 @@ type Engine struct {
 	notifyMu     sync.Mutex
 	notifyQueues map[string]bool
 	notifyCh     chan struct{}
+
+	answers *grouper[Answer]
+	starts  *grouper[*startItem]
 }
 
 type defKey struct {
@@ -66,11 +69,14 @@ func New(cfg Config) *Engine {
 	if cfg.Kick == nil {
 		cfg.Kick = func() {}
 	}
-	return &Engine{
+	e := &Engine{
 		cfg: cfg, st: cfg.Store, log: cfg.Log.Named("saga"), m: cfg.Metrics, instance: uuid.NewString(),
 		pollers: map[string]map[*poller]struct{}{}, held: map[string]*poller{}, stop: make(chan struct{}),
 		notifyQueues: map[string]bool{}, notifyCh: make(chan struct{}, 1),
 	}
+	e.answers = newGrouper(func(a Answer) string { return a.TaskID }, e.writeAnswers)
+	e.starts = newGrouper(startKey, e.writeStarts)
+	return e
 }
 
 // Shutdown ends every Poll stream (the sidecar is stopping; workers reconnect
@@ -172,7 +178,11 @@ func (e *Engine) Start(ctx context.Context, req StartRequest) (store.SagaRow, bo
 		if p != nil {
 			first.TaskState, first.WorkerID = store.TaskLeased, p.worker
 		}
-		ins, err := e.st.InsertSaga(ctx, &ch.Saga, first, ch.Events)
+		var ins store.Inserted
+		it, err := e.starts.do(ctx, &startItem{ns: store.NewSaga{Saga: &ch.Saga, First: first, Events: ch.Events}})
+		if err == nil {
+			ins, err = it.v.res, it.err
+		}
 		if err != nil || !ins.Created {
 			if p != nil {
 				e.unhold(first.TaskID)
@@ -290,15 +300,6 @@ func (e *Engine) Complete(ctx context.Context, taskID string, output []byte) err
 // Fail answers task taskID failed.
 func (e *Engine) Fail(ctx context.Context, taskID, errorType, errorMessage string, nonRetryable bool) error {
 	return e.answer(ctx, Answer{TaskID: taskID, Outcome: Failed, ErrorType: errorType, ErrorMessage: errorMessage, NonRetryable: nonRetryable})
-}
-
-func (e *Engine) answer(ctx context.Context, a Answer) error {
-	_, err := e.transition(ctx, func() (*store.SagaTx, error) { return e.st.LockByTask(ctx, a.TaskID) },
-		func(m *Machine, tx *store.SagaTx) (Change, error) { return m.Answer(tx.Saga, tx.Steps, a) })
-	if err == nil || errors.Is(err, store.ErrTaskNotLeased) {
-		e.unhold(a.TaskID)
-	}
-	return err
 }
 
 // transition runs one state change: lock, compute, write, commit; then wakes workers

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/binary"
@@ -205,37 +206,56 @@ func stringOf(s *string) string {
 	return *s
 }
 
-// insertSagaSQL inserts a saga of workflow version $4, its first step and its events in
-// one statement (and transaction), unless $4 is no longer the workflow's latest version
-// or the tenant already has a saga with the idempotency key: then it inserts nothing.
-// It answers the saga's creation time (NULL: nothing inserted), the workflow's latest
-// version and the first task's deadline (when it is inserted leased, $12 'leased').
-const insertSagaSQL = `WITH v AS (
-	SELECT max(version) AS latest FROM saga_workflows WHERE workflow_id = $3
+// insertSagasSQL inserts sagas, their first steps and their events in one statement
+// (and transaction). A saga is not inserted when its workflow version is no longer the
+// latest, or when its tenant already has a saga with its idempotency key (the rows are
+// inserted in the order given: callers sort them, so that two statements never wait
+// for each other's keys). It answers, per saga in the order given: its creation time
+// (NULL: not inserted), the workflow's latest version and the first task's deadline
+// (when inserted leased).
+const insertSagasSQL = `WITH u AS (
+	SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::int[], $5::varchar[], $6::text[], $7::varchar[],
+	                     $8::varchar[], $9::uuid[], $10::varchar[], $11::int[], $12::varchar[], $13::varchar[])
+	       WITH ORDINALITY AS u(id, tenant, wf, ver, state, ctx, ikey, status, task, queue, timeout, tstate, worker, i)
+), v AS (
+	SELECT workflow_id, max(version) AS latest FROM saga_workflows WHERE workflow_id IN (SELECT wf FROM u) GROUP BY workflow_id
 ), s AS (
 	INSERT INTO sagas (saga_id, tenant_id, workflow_id, workflow_version, state, current_step, context,
 	                   idempotency_key, created_at, updated_at)
-	SELECT $1::uuid, $2::uuid, $3, $4, $5, 0, $6::jsonb, $7, now(), now() FROM v WHERE v.latest = $4
+	SELECT u.id, u.tenant, u.wf, u.ver, u.state, 0, u.ctx::jsonb, u.ikey, now(), now()
+	  FROM u JOIN v ON v.workflow_id = u.wf AND v.latest = u.ver
+	 ORDER BY u.i
 	ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 	RETURNING saga_id, created_at
 ), st AS (
 	INSERT INTO saga_steps (saga_id, step_index, status, attempt, task_id, task_state, task_kind, queue,
 	                        timeout_ms, ready_at, scheduled_at, worker_id, deadline, started_at)
-	SELECT s.saga_id, 0, $8, 1, $9::uuid, $12::varchar, 1, $10, $11::int, now(), now(), $13::varchar,
-	       CASE WHEN $12::varchar = 'leased' THEN now() + $11::int * interval '1 millisecond' END,
-	       CASE WHEN $12::varchar = 'leased' THEN now() END
-	  FROM s
-	RETURNING deadline
+	SELECT u.id, 0, u.status, 1, u.task, u.tstate, 1, u.queue, u.timeout, now(), now(), u.worker,
+	       CASE WHEN u.tstate = 'leased' THEN now() + u.timeout * interval '1 millisecond' END,
+	       CASE WHEN u.tstate = 'leased' THEN now() END
+	  FROM u JOIN s ON s.saga_id = u.id
+	RETURNING saga_id, deadline
 ), ev AS (
 	INSERT INTO stored_events (event_id, tenant_id, aggregate_type, aggregate_id, version, event_type,
 	                           event_data, occurred_at, metadata, position)
-	SELECT u.id, $2::uuid, 'Saga', s.saga_id, u.ord, u.typ, u.dat::jsonb, now(), u.meta::jsonb,
-	       (pg_current_xact_id()::text::bigint << 10) + u.ord - 1
-	  FROM s, unnest($14::uuid[], $15::text[], $16::text[], $17::text[]) WITH ORDINALITY AS u(id, typ, dat, meta, ord)
+	SELECT e.id, u.tenant, 'Saga', e.agg, row_number() OVER (PARTITION BY e.agg ORDER BY e.ord), e.typ, e.dat::jsonb,
+	       now(), e.meta::jsonb, (pg_current_xact_id()::text::bigint << 10) + e.ord - 1
+	  FROM unnest($14::uuid[], $15::uuid[], $16::text[], $17::text[], $18::text[]) WITH ORDINALITY AS e(id, agg, typ, dat, meta, ord)
+	  JOIN s ON s.saga_id = e.agg JOIN u ON u.id = e.agg
 )
-SELECT (SELECT created_at FROM s), (SELECT latest FROM v), (SELECT deadline FROM st)`
+SELECT s.created_at, v.latest, st.deadline
+  FROM u LEFT JOIN s ON s.saga_id = u.id LEFT JOIN v ON v.workflow_id = u.wf LEFT JOIN st ON st.saga_id = u.id
+ ORDER BY u.i`
 
-// Inserted is what InsertSaga did.
+// NewSaga is a saga to insert: its row, its first step (whose task is ready, or leased
+// to First.WorkerID when First.TaskState is TaskLeased) and its events.
+type NewSaga struct {
+	Saga   *SagaRow
+	First  *SagaStepRow
+	Events []SagaEvent
+}
+
+// Inserted is what InsertSagas did with one saga.
 type Inserted struct {
 	// Saga is the saga inserted (its times the database's clock), or the tenant's saga
 	// with the same idempotency key.
@@ -247,58 +267,93 @@ type Inserted struct {
 	Latest int32
 	// Deadline is the first task's when it was inserted leased.
 	Deadline time.Time
+	// Err is ErrWorkflowNotFound when the workflow has no version.
+	Err error
 }
 
-// InsertSaga inserts a new saga of sg.WorkflowVersion with its first step (whose task
-// is ready, or leased to first.WorkerID when first.TaskState is TaskLeased) and its
-// events, in one transaction; its times are the database's clock. Nothing is written
-// when that version is no longer the workflow's latest (Stale), or when the tenant
-// already has a saga with the same idempotency key (that saga is answered, Created
-// false). ErrWorkflowNotFound when the workflow has no version.
+// InsertSaga inserts one saga (see InsertSagas).
 func (s *Sagas) InsertSaga(ctx context.Context, sg *SagaRow, first *SagaStepRow, events []SagaEvent) (Inserted, error) {
-	ids, types, data, meta := sagaEventColumns(events)
-	state := first.TaskState
-	if state == "" {
-		state = TaskReady
-	}
-	var created, deadline *time.Time
-	var latest *int32
-	err := s.pool.QueryRow(ctx, insertSagaSQL, sg.ID, sg.TenantID, sg.WorkflowID, sg.WorkflowVersion, sg.State,
-		string(sg.Context), nullString(sg.IdempotencyKey),
-		first.Status, first.TaskID, first.Queue, first.TimeoutMS, state, nullString(first.WorkerID),
-		ids, types, data, meta).Scan(&created, &latest, &deadline)
+	out, err := s.InsertSagas(ctx, []NewSaga{{Saga: sg, First: first, Events: events}})
 	if err != nil {
-		return Inserted{}, fmt.Errorf("insert saga: %w", err)
+		return Inserted{}, err
 	}
-	switch {
-	case latest == nil:
-		return Inserted{}, ErrWorkflowNotFound
-	case created != nil:
-		out := *sg
-		out.CreatedAt, out.UpdatedAt = *created, *created
-		return Inserted{Saga: out, Created: true, Latest: *latest, Deadline: timeOf(deadline)}, nil
-	case *latest != sg.WorkflowVersion:
-		return Inserted{Stale: true, Latest: *latest}, nil
-	}
-	// The key is taken; the saga that holds it is committed (the unique index waited
-	// for it).
-	existing, err := s.sagaByKey(ctx, sg.TenantID, sg.IdempotencyKey)
-	return Inserted{Saga: existing, Latest: *latest}, err
+	return out[0], out[0].Err
 }
 
-func sagaEventColumns(events []SagaEvent) (ids, types, data, meta []string) {
-	for _, e := range events {
-		ids = append(ids, e.ID)
-		types = append(types, e.Type)
-		data = append(data, string(e.Data))
-		m := "{}"
-		if len(e.Metadata) > 0 {
-			m = string(e.Metadata)
+// InsertSagas inserts new sagas (of distinct tenant idempotency keys, sorted by them)
+// with their first steps and their events, in one statement and transaction; their
+// times are the database's clock. A saga whose workflow version is no longer the latest
+// is not inserted (Stale); one whose tenant already has a saga with its idempotency key
+// is not either, and that saga is answered (Created false).
+func (s *Sagas) InsertSagas(ctx context.Context, ns []NewSaga) ([]Inserted, error) {
+	n := len(ns)
+	var (
+		ids, tenants, wfs, states, ctxs, statuses, tasks, queues, tstates = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		vers, timeouts                                                    = make([]int32, n), make([]int32, n)
+		keys, workers                                                     = make([]*string, n), make([]*string, n)
+		evID, evAgg, evType, evData, evMeta                               []string
+	)
+	for i, x := range ns {
+		sg, f := x.Saga, x.First
+		ids[i], tenants[i], wfs[i], vers[i], states[i], ctxs[i] = sg.ID, sg.TenantID, sg.WorkflowID, sg.WorkflowVersion, sg.State, string(sg.Context)
+		keys[i], statuses[i], tasks[i], queues[i], timeouts[i] = nullString(sg.IdempotencyKey), f.Status, f.TaskID, f.Queue, int32(f.TimeoutMS)
+		tstates[i], workers[i] = cmp.Or(f.TaskState, TaskReady), nullString(f.WorkerID)
+		for _, e := range x.Events {
+			m := "{}"
+			if len(e.Metadata) > 0 {
+				m = string(e.Metadata)
+			}
+			evID, evAgg, evType, evData, evMeta = append(evID, e.ID), append(evAgg, sg.ID), append(evType, e.Type), append(evData, string(e.Data)), append(evMeta, m)
 		}
-		meta = append(meta, m)
 	}
-	return ids, types, data, meta
+	rows, err := s.pool.Query(ctx, insertSagasSQL, ids, tenants, wfs, vers, states, ctxs, keys, statuses, tasks, queues, timeouts,
+		tstates, workers, evID, evAgg, evType, evData, evMeta)
+	if err != nil {
+		return nil, fmt.Errorf("insert sagas: %w", err)
+	}
+	out := make([]Inserted, 0, n)
+	for rows.Next() {
+		var created, deadline *time.Time
+		var latest *int32
+		if err := rows.Scan(&created, &latest, &deadline); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("insert sagas: %w", err)
+		}
+		i := len(out)
+		var r Inserted
+		switch {
+		case i >= n:
+		case latest == nil:
+			r.Err = ErrWorkflowNotFound
+		case created != nil:
+			r.Saga = *ns[i].Saga
+			r.Saga.CreatedAt, r.Saga.UpdatedAt = *created, *created
+			r.Created, r.Latest, r.Deadline = true, *latest, timeOf(deadline)
+		case *latest != ns[i].Saga.WorkflowVersion:
+			r.Stale, r.Latest = true, *latest
+		default:
+			r.Latest = *latest
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("insert sagas: %w", err)
+	}
+	if len(out) != n {
+		return nil, fmt.Errorf("insert sagas: %d answers for %d sagas", len(out), n)
+	}
+	for i := range out {
+		if r := &out[i]; r.Err == nil && !r.Created && !r.Stale {
+			// The key is taken; the saga that holds it is committed (the unique index
+			// waited for it).
+			if r.Saga, err = s.sagaByKey(ctx, ns[i].Saga.TenantID, ns[i].Saga.IdempotencyKey); err != nil {
+				r.Err = err
+			}
+		}
+	}
+	return out, nil
 }
+
 
 const sagaColumns = `saga_id, tenant_id, workflow_id, workflow_version, state, current_step, context,
 	coalesce(idempotency_key, ''), cancel_requested, error_type, error_message, coalesce(failed_step, -1),
@@ -320,21 +375,36 @@ const stepColumns = `step_index, status, attempt, comp_attempt, task_id, coalesc
 	coalesce(queue, ''), timeout_ms, ready_at, deadline, coalesce(worker_id, ''), output, error_type, error_message,
 	scheduled_at, started_at, finished_at, comp_scheduled_at, compensated_at`
 
+// stepScan scans stepColumns into a SagaStepRow.
+type stepScan struct {
+	st                                                                *SagaStepRow
+	task                                                              *uuid.UUID
+	ready, deadline, sched, started, finished, compSched, compensated *time.Time
+}
+
+func (sc *stepScan) dest() []any {
+	st := sc.st
+	return []any{&st.Index, &st.Status, &st.Attempt, &st.CompAttempt, &sc.task, &st.TaskState, &st.TaskKind,
+		&st.Queue, &st.TimeoutMS, &sc.ready, &sc.deadline, &st.WorkerID, &st.Output, &st.ErrorType, &st.ErrorMessage,
+		&sc.sched, &sc.started, &sc.finished, &sc.compSched, &sc.compensated}
+}
+
+func (sc *stepScan) finish() {
+	st := sc.st
+	if sc.task != nil {
+		st.TaskID = sc.task.String()
+	}
+	st.ReadyAt, st.Deadline, st.ScheduledAt, st.StartedAt = timeOf(sc.ready), timeOf(sc.deadline), timeOf(sc.sched), timeOf(sc.started)
+	st.FinishedAt, st.CompScheduledAt, st.CompensatedAt = timeOf(sc.finished), timeOf(sc.compSched), timeOf(sc.compensated)
+}
+
 // scanStep scans stepColumns, and then extra columns into extra.
 func scanStep(row pgx.Row, st *SagaStepRow, extra ...any) error {
-	var task *uuid.UUID
-	var ready, deadline, sched, started, finished, compSched, compensated *time.Time
-	dest := []any{&st.Index, &st.Status, &st.Attempt, &st.CompAttempt, &task, &st.TaskState, &st.TaskKind,
-		&st.Queue, &st.TimeoutMS, &ready, &deadline, &st.WorkerID, &st.Output, &st.ErrorType, &st.ErrorMessage,
-		&sched, &started, &finished, &compSched, &compensated}
-	if err := row.Scan(append(dest, extra...)...); err != nil {
+	sc := stepScan{st: st}
+	if err := row.Scan(append(sc.dest(), extra...)...); err != nil {
 		return err
 	}
-	if task != nil {
-		st.TaskID = task.String()
-	}
-	st.ReadyAt, st.Deadline, st.ScheduledAt, st.StartedAt = timeOf(ready), timeOf(deadline), timeOf(sched), timeOf(started)
-	st.FinishedAt, st.CompScheduledAt, st.CompensatedAt = timeOf(finished), timeOf(compSched), timeOf(compensated)
+	sc.finish()
 	return nil
 }
 
@@ -454,22 +524,25 @@ func (t *SagaTx) Rollback() {
 	t.conn.Release()
 }
 
-// writeSQL writes a state change in one statement: the saga's row, its steps' rows
-// (whole, inserted or replaced) and its events, appended after the saga's latest one
-// (the only insert into stored_events of the transaction: positions are the
-// transaction id and the event's index).
+// writeSQL writes state changes of distinct sagas in one statement: the sagas' rows,
+// their steps' rows (whole, inserted or replaced) and their events, each saga's
+// appended after its latest one. It is the only insert into stored_events of its
+// transaction: positions are the transaction id and the event's index in the
+// statement.
 const writeSQL = `WITH sg AS (
-	UPDATE sagas SET state = $2, current_step = $3, context = $4::jsonb, cancel_requested = $5,
-	       error_type = $6, error_message = $7, failed_step = $8, updated_at = $9, ended_at = $10
-	 WHERE saga_id = $1::uuid
+	UPDATE sagas s SET state = u.state, current_step = u.cur, context = u.ctx::jsonb, cancel_requested = u.cancel,
+	       error_type = u.et, error_message = u.em, failed_step = u.fs, updated_at = u.upd, ended_at = u.ended
+	  FROM unnest($1::uuid[], $2::varchar[], $3::int[], $4::text[], $5::bool[], $6::varchar[], $7::text[], $8::int[],
+	              $9::timestamptz[], $10::timestamptz[]) AS u(id, state, cur, ctx, cancel, et, em, fs, upd, ended)
+	 WHERE s.saga_id = u.id
 ), st AS (
 	INSERT INTO saga_steps (saga_id, step_index, status, attempt, comp_attempt, task_id, task_state, task_kind, queue,
 	                        timeout_ms, ready_at, deadline, worker_id, output, error_type, error_message, scheduled_at,
 	                        started_at, finished_at, comp_scheduled_at, compensated_at)
-	SELECT $1::uuid, u.* FROM unnest($11::smallint[], $12::varchar[], $13::int[], $14::int[], $15::uuid[], $16::varchar[],
-	       $17::smallint[], $18::varchar[], $19::int[], $20::timestamptz[], $21::timestamptz[], $22::varchar[], $23::jsonb[],
-	       $24::varchar[], $25::text[], $26::timestamptz[], $27::timestamptz[], $28::timestamptz[], $29::timestamptz[],
-	       $30::timestamptz[]) AS u
+	SELECT * FROM unnest($11::uuid[], $12::smallint[], $13::varchar[], $14::int[], $15::int[], $16::uuid[], $17::varchar[],
+	       $18::smallint[], $19::varchar[], $20::int[], $21::timestamptz[], $22::timestamptz[], $23::varchar[], $24::jsonb[],
+	       $25::varchar[], $26::text[], $27::timestamptz[], $28::timestamptz[], $29::timestamptz[], $30::timestamptz[],
+	       $31::timestamptz[])
 	ON CONFLICT (saga_id, step_index) DO UPDATE SET status = EXCLUDED.status, attempt = EXCLUDED.attempt,
 	       comp_attempt = EXCLUDED.comp_attempt, task_id = EXCLUDED.task_id, task_state = EXCLUDED.task_state,
 	       task_kind = EXCLUDED.task_kind, queue = EXCLUDED.queue, timeout_ms = EXCLUDED.timeout_ms,
@@ -480,57 +553,192 @@ const writeSQL = `WITH sg AS (
 ), ev AS (
 	INSERT INTO stored_events (event_id, tenant_id, aggregate_type, aggregate_id, version,
 	                           event_type, event_data, occurred_at, metadata, position)
-	SELECT u.id, $31::uuid, 'Saga', $1::uuid, v.base + u.ord, u.typ, u.dat::jsonb, $9, u.meta::jsonb,
-	       (pg_current_xact_id()::text::bigint << 10) + u.ord - 1
-	  FROM (SELECT coalesce(max(version), 0) AS base FROM stored_events WHERE aggregate_id = $1::uuid) v,
-	       unnest($32::uuid[], $33::text[], $34::text[], $35::text[]) WITH ORDINALITY AS u(id, typ, dat, meta, ord)
+	SELECT u.id, u.tenant, 'Saga', u.agg, coalesce(v.base, 0) + row_number() OVER (PARTITION BY u.agg ORDER BY u.ord),
+	       u.typ, u.dat::jsonb, u.at, u.meta::jsonb, (pg_current_xact_id()::text::bigint << 10) + u.ord - 1
+	  FROM unnest($32::uuid[], $33::uuid[], $34::uuid[], $35::text[], $36::text[], $37::text[], $38::timestamptz[])
+	       WITH ORDINALITY AS u(id, tenant, agg, typ, dat, meta, at, ord)
+	  LEFT JOIN LATERAL (SELECT max(version) AS base FROM stored_events e WHERE e.aggregate_id = u.agg) v ON true
 )
 SELECT 1`
+
+// SagaWrite is one saga's state change: its new row, the steps it writes (whole rows,
+// inserted or replaced) and its events.
+type SagaWrite struct {
+	Saga   *SagaRow
+	Steps  []SagaStepRow
+	Events []SagaEvent
+	// At is the change's time (updated_at, the events' occurred_at).
+	At time.Time
+}
+
+// MaxWriteEvents bounds the events of one transaction (positions leave room for 1024).
+const MaxWriteEvents = 1000
+
+// queueWrite queues writeSQL for ws (distinct sagas).
+func queueWrite(b *pgx.Batch, ws []SagaWrite) {
+	var (
+		sID, sState, sCtx, sET, sEM  []string
+		sCur                         []int32
+		sCancel                      []bool
+		sFS                          []*int32
+		sUpd                         []time.Time
+		sEnded                       []*time.Time
+		stSaga                       []string
+		stIdx, stKind                []int16
+		stStatus, stET, stEM         []string
+		stAttempt, stComp, stTimeout []int32
+		stTask, stState, stQueue     []*string
+		stWorker, stOutput           []*string
+		stReady, stDeadline, stSched []*time.Time
+		stStarted, stFinished        []*time.Time
+		stCompSched, stCompensated   []*time.Time
+		evID, evTenant, evAgg        []string
+		evType, evData, evMeta       []string
+		evAt                         []time.Time
+	)
+	for _, w := range ws {
+		sg := w.Saga
+		var fs *int32
+		if sg.FailedStep >= 0 {
+			v := int32(sg.FailedStep)
+			fs = &v
+		}
+		sID, sState, sCur, sCtx = append(sID, sg.ID), append(sState, sg.State), append(sCur, int32(sg.CurrentStep)), append(sCtx, string(sg.Context))
+		sCancel, sET, sEM, sFS = append(sCancel, sg.CancelRequested), append(sET, sg.ErrorType), append(sEM, sg.ErrorMessage), append(sFS, fs)
+		sUpd, sEnded = append(sUpd, w.At), append(sEnded, nullTime(sg.EndedAt))
+		for i := range w.Steps {
+			st := &w.Steps[i]
+			var out *string
+			if st.Output != nil {
+				o := string(st.Output)
+				out = &o
+			}
+			stSaga, stIdx, stStatus = append(stSaga, sg.ID), append(stIdx, int16(st.Index)), append(stStatus, st.Status)
+			stAttempt, stComp = append(stAttempt, int32(st.Attempt)), append(stComp, int32(st.CompAttempt))
+			stTask, stState, stKind = append(stTask, nullString(st.TaskID)), append(stState, nullString(st.TaskState)), append(stKind, int16(st.TaskKind))
+			stQueue, stTimeout = append(stQueue, nullString(st.Queue)), append(stTimeout, int32(st.TimeoutMS))
+			stReady, stDeadline, stWorker = append(stReady, nullTime(st.ReadyAt)), append(stDeadline, nullTime(st.Deadline)), append(stWorker, nullString(st.WorkerID))
+			stOutput, stET, stEM = append(stOutput, out), append(stET, st.ErrorType), append(stEM, st.ErrorMessage)
+			stSched, stStarted, stFinished = append(stSched, nullTime(st.ScheduledAt)), append(stStarted, nullTime(st.StartedAt)), append(stFinished, nullTime(st.FinishedAt))
+			stCompSched, stCompensated = append(stCompSched, nullTime(st.CompScheduledAt)), append(stCompensated, nullTime(st.CompensatedAt))
+		}
+		for _, e := range w.Events {
+			m := "{}"
+			if len(e.Metadata) > 0 {
+				m = string(e.Metadata)
+			}
+			evID, evTenant, evAgg = append(evID, e.ID), append(evTenant, sg.TenantID), append(evAgg, sg.ID)
+			evType, evData, evMeta, evAt = append(evType, e.Type), append(evData, string(e.Data)), append(evMeta, m), append(evAt, w.At)
+		}
+	}
+	b.Queue(writeSQL, sID, sState, sCur, sCtx, sCancel, sET, sEM, sFS, sUpd, sEnded,
+		stSaga, stIdx, stStatus, stAttempt, stComp, stTask, stState, stKind, stQueue, stTimeout, stReady, stDeadline,
+		stWorker, stOutput, stET, stEM, stSched, stStarted, stFinished, stCompSched, stCompensated,
+		evID, evTenant, evAgg, evType, evData, evMeta, evAt)
+}
 
 // Commit writes the saga's new row, the steps given (whole rows, inserted or
 // replaced) and the events, and commits: one round trip.
 func (t *SagaTx) Commit(ctx context.Context, sg *SagaRow, steps []SagaStepRow, events []SagaEvent) error {
-	n := len(steps)
-	var (
-		idx                                 = make([]int16, n)
-		status, taskState, queue, worker    = make([]string, n), make([]*string, n), make([]*string, n), make([]*string, n)
-		attempt, compAttempt, timeout       = make([]int32, n), make([]int32, n), make([]int32, n)
-		kind                                = make([]int16, n)
-		taskID                              = make([]*string, n)
-		ready, deadline                     = make([]*time.Time, n), make([]*time.Time, n)
-		output                              = make([]*string, n)
-		errType, errMsg                     = make([]string, n), make([]string, n)
-		sched, started, finished, compSched = make([]*time.Time, n), make([]*time.Time, n), make([]*time.Time, n), make([]*time.Time, n)
-		compensated                         = make([]*time.Time, n)
-	)
-	for i := range steps {
-		st := &steps[i]
-		idx[i], status[i], attempt[i], compAttempt[i] = int16(st.Index), st.Status, int32(st.Attempt), int32(st.CompAttempt)
-		taskID[i], taskState[i], kind[i], queue[i] = nullString(st.TaskID), nullString(st.TaskState), int16(st.TaskKind), nullString(st.Queue)
-		timeout[i], ready[i], deadline[i], worker[i] = int32(st.TimeoutMS), nullTime(st.ReadyAt), nullTime(st.Deadline), nullString(st.WorkerID)
-		if st.Output != nil {
-			o := string(st.Output)
-			output[i] = &o
-		}
-		errType[i], errMsg[i] = st.ErrorType, st.ErrorMessage
-		sched[i], started[i], finished[i] = nullTime(st.ScheduledAt), nullTime(st.StartedAt), nullTime(st.FinishedAt)
-		compSched[i], compensated[i] = nullTime(st.CompScheduledAt), nullTime(st.CompensatedAt)
+	if err := t.commit(ctx, []SagaWrite{{Saga: sg, Steps: steps, Events: events, At: t.Now}}); err != nil {
+		return fmt.Errorf("write saga %s: %w", sg.ID, err)
 	}
-	ids, types, data, meta := sagaEventColumns(events)
+	return nil
+}
+
+func (t *SagaTx) commit(ctx context.Context, ws []SagaWrite) error {
 	b := &pgx.Batch{}
-	b.Queue(writeSQL, sg.ID, sg.State, sg.CurrentStep, string(sg.Context), sg.CancelRequested,
-		sg.ErrorType, sg.ErrorMessage, failedStep(sg.FailedStep), t.Now, nullTime(sg.EndedAt),
-		idx, status, attempt, compAttempt, taskID, taskState, kind, queue, timeout, ready, deadline, worker, output,
-		errType, errMsg, sched, started, finished, compSched, compensated,
-		sg.TenantID, ids, types, data, meta)
+	queueWrite(b, ws)
 	b.Queue(`COMMIT`)
 	err := t.conn.SendBatch(ctx, b).Close()
 	if err != nil {
 		t.Rollback()
-		return fmt.Errorf("write saga %s: %w", sg.ID, err)
+		return err
 	}
 	t.done = true
 	t.conn.Release()
+	return nil
+}
+
+// SagaBatch is the state changes of several sagas in one transaction (group commit):
+// it holds their rows' locks, taken in saga id order.
+type SagaBatch struct {
+	SagaTx
+	// Sagas are the locked sagas; Steps their steps, by saga id.
+	Sagas []SagaRow
+	Steps map[string][]SagaStepRow
+}
+
+// LockByTasks begins the state changes answering tasks taskIDs: it locks their sagas
+// (in saga id order, so that two batches never deadlock) and reads their steps. A task
+// id that names no live task is left out (ErrTaskNotLeased for its caller).
+func (s *Sagas) LockByTasks(ctx context.Context, taskIDs []string) (*SagaBatch, error) {
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("saga: %w", err)
+	}
+	t := &SagaBatch{SagaTx: SagaTx{conn: conn}, Steps: make(map[string][]SagaStepRow, len(taskIDs))}
+	const of = `saga_id IN (SELECT saga_id FROM saga_steps WHERE task_id = ANY($1::uuid[]))`
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(`SELECT `+sagaColumns+` FROM sagas WHERE `+of+` ORDER BY saga_id FOR NO KEY UPDATE`, taskIDs)
+	b.Queue(`SELECT saga_id, `+stepColumns+` FROM saga_steps WHERE `+of+` ORDER BY saga_id, step_index`, taskIDs)
+	b.Queue(`SELECT clock_timestamp()`)
+	br := conn.SendBatch(ctx, b)
+	err = func() error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var sg SagaRow
+			if err := scanSaga(rows, &sg); err != nil {
+				rows.Close()
+				return err
+			}
+			t.Sagas = append(t.Sagas, sg)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if rows, err = br.Query(); err != nil {
+			return err
+		}
+		for rows.Next() {
+			var st SagaStepRow
+			var id uuid.UUID
+			sc := stepScan{st: &st}
+			if err := rows.Scan(append([]any{&id}, sc.dest()...)...); err != nil {
+				rows.Close()
+				return err
+			}
+			sc.finish()
+			t.Steps[id.String()] = append(t.Steps[id.String()], st)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return br.QueryRow().Scan(&t.Now)
+	}()
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Rollback()
+		return nil, fmt.Errorf("lock sagas: %w", err)
+	}
+	return t, nil
+}
+
+// Commit writes the state changes of distinct sagas (at most 1000 events in all) and
+// commits: one round trip.
+func (t *SagaBatch) Commit(ctx context.Context, ws []SagaWrite) error {
+	if err := t.commit(ctx, ws); err != nil {
+		return fmt.Errorf("write sagas: %w", err)
+	}
 	return nil
 }
 

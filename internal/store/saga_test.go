@@ -191,3 +191,73 @@ func TestSagaWorkflowVersions(t *testing.T) {
 		t.Errorf("%d sagas written (%v)", n, err)
 	}
 }
+
+// TestSagaGroupWrites: several sagas inserted by one statement, then changed in one
+// transaction (LockByTasks, one write): each gets its rows and its events, numbered
+// from its own latest; a task id that is not live is left out; a repeated idempotency
+// key answers the saga that holds it.
+func TestSagaGroupWrites(t *testing.T) {
+	pool := newPool(t)
+	s := store.NewSagas(pool)
+	ctx := context.Background()
+	registerWF(t, s, "wf", `{}`)
+	tenant := uuid.NewString()
+	var ns []store.NewSaga
+	for i := range 3 {
+		ns = append(ns, store.NewSaga{
+			Saga:   &store.SagaRow{ID: uuid.NewString(), TenantID: tenant, WorkflowID: "wf", WorkflowVersion: 1, State: "RUNNING", Context: []byte(`{}`), IdempotencyKey: fmt.Sprint("key-", i)},
+			First:  &store.SagaStepRow{Status: "RUNNING", TaskID: uuid.NewString(), Queue: "a/x", TimeoutMS: 1000},
+			Events: []store.SagaEvent{{ID: uuid.NewString(), Type: "saga.started", Data: []byte(`{}`)}},
+		})
+	}
+	res, err := s.InsertSagas(ctx, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if !r.Created || r.Err != nil || r.Saga.ID != ns[i].Saga.ID {
+			t.Fatalf("saga %d: %+v", i, r)
+		}
+	}
+	again, err := s.InsertSagas(ctx, []store.NewSaga{{
+		Saga:  &store.SagaRow{ID: uuid.NewString(), TenantID: tenant, WorkflowID: "wf", WorkflowVersion: 1, State: "RUNNING", Context: []byte(`{}`), IdempotencyKey: "key-1"},
+		First: &store.SagaStepRow{Status: "RUNNING", TaskID: uuid.NewString(), Queue: "a/x", TimeoutMS: 1000},
+	}})
+	if err != nil || again[0].Created || again[0].Saga.ID != ns[1].Saga.ID {
+		t.Fatalf("repeated key: %+v %v", again, err)
+	}
+	tx, err := s.LockByTasks(ctx, []string{ns[0].First.TaskID, ns[2].First.TaskID, uuid.NewString()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tx.Sagas) != 2 || tx.Sagas[0].ID > tx.Sagas[1].ID {
+		t.Fatalf("locked %d sagas (in id order?): %+v", len(tx.Sagas), tx.Sagas)
+	}
+	var ws []store.SagaWrite
+	for i := range tx.Sagas {
+		sg := tx.Sagas[i]
+		sg.State, sg.Context = "COMPLETED", []byte(`{"done":true}`)
+		st := tx.Steps[sg.ID][0]
+		st.Status, st.TaskID, st.TaskState, st.Queue, st.Output = "COMPLETED", "", "", "", []byte(`{"x":1}`)
+		ws = append(ws, store.SagaWrite{Saga: &sg, Steps: []store.SagaStepRow{st}, At: tx.Now, Events: []store.SagaEvent{
+			{ID: uuid.NewString(), Type: "saga.step_completed", Data: []byte(`{}`)},
+			{ID: uuid.NewString(), Type: "saga.completed", Data: []byte(`{}`)},
+		}})
+	}
+	if err := tx.Commit(ctx, ws); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, 2} {
+		sg, steps, hist, err := s.GetSaga(ctx, tenant, ns[i].Saga.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sg.State != "COMPLETED" || steps[0].Status != "COMPLETED" || steps[0].TaskID != "" || len(hist) != 3 ||
+			hist[1].Sequence != 2 || hist[2].Type != "saga.completed" {
+			t.Errorf("saga %d after the group write: %s, steps %+v, history %+v", i, sg.State, steps, hist)
+		}
+	}
+	if sg, _, _, _ := s.GetSaga(ctx, tenant, ns[1].Saga.ID); sg.State != "RUNNING" {
+		t.Errorf("a saga outside the batch changed: %s", sg.State)
+	}
+}
