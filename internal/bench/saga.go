@@ -397,4 +397,3 @@ process's (workers, StartSaga callers and kfake). Every saga writes 6 events, pu
 to healthtech.saga.events by the sidecar's outbox relay.
 `, where, sagaWorkers, sagaInFlight, sagaOpen, rate, sagaWarmup)
 }
-
