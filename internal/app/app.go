@@ -233,10 +233,15 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	if err != nil {
 		return nil, err
 	}
+	limits := server.NewLimiter(server.Budgets{
+		Stream: int64(cfg.PublishStreamBudgetBytes), Streams: int64(cfg.PublishBudgetBytes),
+		Unary: int64(cfg.UnaryBudgetBytes), MaxRequest: int64(cfg.RequestBytes()),
+	}, a.Registry)
 	a.grpcSrv, a.health = server.NewGRPC(server.Options{
-		MaxRecvBytes: cfg.RequestBytes(), Registerer: a.Registry, Log: log,
+		MaxRecvBytes: cfg.RequestBytes(), MaxConcurrentStreams: uint32(cfg.GRPCMaxConcurrentStreams), Limiter: limits,
+		Registerer: a.Registry, Log: log,
 	}, server.Services{
-		Events:     server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log).WithSubscriptions(a.Subs),
+		Events:     server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log).WithSubscriptions(a.Subs).WithLimiter(limits),
 		Sagas:      sagas,
 		DeadLetter: server.NewDeadLetterService(failed, dlq, pub, a.Producer, topics, a.Router, m, cfg.ServiceName),
 		EventStore: server.NewEventStoreService(a.Events, store.NewAppender(a.Events, cfg.AppendSlots), a.snapshots, pub, a.Relay, outbox.ToEvent,
@@ -247,6 +252,11 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	if a.grpcLis, err = listen(cfg.GRPCAddr); err != nil {
 		return nil, err
 	}
+	a.grpcLis = server.NewGuard(server.GuardOptions{
+		MaxConns: cfg.GRPCMaxConnections, StreamWindow: server.StreamWindow, RecvTimeout: cfg.GRPCRecvTimeout,
+		MaxReceiving: int64(cfg.GRPCMaxReceivingBytes), MaxPartial: 2*cfg.GRPCMaxConcurrentStreams + 16,
+		Registerer: a.Registry, Log: log,
+	}).Listener(a.grpcLis)
 	a.closer.push(func() error { _ = a.grpcLis.Close(); return nil })
 	if a.httpLis, err = listen(cfg.HTTPAddr); err != nil {
 		return nil, err

@@ -31,6 +31,14 @@ type EventService struct {
 	maxInFlight int
 	log         *zap.Logger
 	subs        *subscribe.Manager
+	// limits bounds the bytes PublishStreams hold (nil: only maxInFlight does).
+	limits *Limiter
+}
+
+// WithLimiter bounds the bytes of the requests PublishStreams hold unanswered.
+func (s *EventService) WithLimiter(l *Limiter) *EventService {
+	s.limits = l
+	return s
 }
 
 var (
@@ -147,14 +155,18 @@ type inflight struct {
 	err     error
 	cancel  context.CancelFunc
 	ctx     context.Context
+	cost    int64 // held in the stream's budget until answered
 }
 
 // PublishStream implements EventService.PublishStream: requests are handed to Kafka as
-// they arrive (many in flight), and answered in the order they came.
+// they arrive (many in flight), and answered in the order they came. The requests not
+// yet answered are bounded in bytes, per stream and over all streams (Limiter): at the
+// bound the stream stops reading until answers free room.
 func (s *EventService) PublishStream(stream eventgwv1.EventService_PublishStreamServer) error {
 	ctx := stream.Context()
 	queue := make(chan inflight, s.maxInFlight)
 	sendErr := make(chan error, 1)
+	share := s.limits.stream()
 	go func() {
 		var err error
 		for f := range queue {
@@ -163,6 +175,7 @@ func (s *EventService) PublishStream(stream eventgwv1.EventService_PublishStream
 				if f.pending != nil {
 					f.pending.Wait(f.ctx) // settles its breaker permit; the outcome goes nowhere
 				}
+				share.release(f.cost)
 				continue // drain: the stream is broken
 			}
 			resp := &eventgwv1.PublishStreamResponse{RequestId: f.id}
@@ -174,12 +187,17 @@ func (s *EventService) PublishStream(stream eventgwv1.EventService_PublishStream
 			}
 			f.cancel()
 			err = stream.Send(resp)
+			share.release(f.cost)
 		}
 		sendErr <- err
 	}()
 	var recvErr error
 	var prev *publish.Pending // the last request handed on: queueing keeps the stream's order
 	for {
+		if err := share.waitRoom(ctx); err != nil {
+			recvErr = status.FromContextError(err).Err()
+			break
+		}
 		req, err := stream.Recv()
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
@@ -189,7 +207,13 @@ func (s *EventService) PublishStream(stream eventgwv1.EventService_PublishStream
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.timeout)
 		f := inflight{id: req.GetRequestId(), cancel: cancel, ctx: rctx}
+		cost := requestCost(req)
 		evs, err := toEvents(req.GetEvents())
+		if err == nil && !share.admit(cost) {
+			err = errStreamsBudget
+		} else if err == nil {
+			f.cost = cost
+		}
 		if err == nil {
 			f.pending, err = s.pub.StartAfter(rctx, evs, prev)
 		}
@@ -201,6 +225,7 @@ func (s *EventService) PublishStream(stream eventgwv1.EventService_PublishStream
 		case queue <- f:
 		case <-ctx.Done():
 			cancel()
+			share.release(f.cost)
 		}
 		if ctx.Err() != nil {
 			break

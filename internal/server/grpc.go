@@ -22,9 +22,39 @@ import (
 // Options configures the gRPC server.
 type Options struct {
 	MaxRecvBytes int
-	Registerer   prometheus.Registerer
-	Log          *zap.Logger
+	// MaxConcurrentStreams bounds the calls at once on one connection (0: gRPC's
+	// default, no bound).
+	MaxConcurrentStreams uint32
+	// Limiter, when set, bounds the bytes of unary requests being handled.
+	Limiter    *Limiter
+	Registerer prometheus.Registerer
+	Log        *zap.Logger
 }
+
+// What one connection and one stream may hold, whatever the client does (README
+// "Memory"), and how idle or dead clients are dropped.
+const (
+	// StreamWindow is each stream's HTTP/2 flow-control window, static: what a client
+	// may send on a stream the sidecar is not reading (gRPC's dynamic windows would
+	// grow it to 16 MiB). A message the sidecar reads gets a window of its own size.
+	StreamWindow = 64 << 10
+	// connWindow only paces a connection: gRPC acknowledges its data on arrival.
+	connWindow = 1 << 20
+	// MaxHeaderBytes bounds the metadata (HTTP/2 headers) of one call.
+	MaxHeaderBytes = 16 << 10
+	// keepaliveTime: a connection silent that long is pinged; without an answer within
+	// keepaliveTimeout it is closed (a client that vanished).
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 10 * time.Second
+	// maxConnectionIdle closes a connection without calls that long (a client
+	// reconnects when it needs one), so idle connections do not hold
+	// --grpc-max-connections.
+	maxConnectionIdle = 10 * time.Minute
+	// connectionTimeout bounds a new connection's HTTP/2 handshake.
+	connectionTimeout = 10 * time.Second
+	// keepaliveMinTime: a client pinging more often is sent GOAWAY (too_many_pings).
+	keepaliveMinTime = 10 * time.Second
+)
 
 // Services are the handlers to serve; nil ones answer Unimplemented.
 type Services struct {
@@ -42,15 +72,31 @@ func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
 	))
 	opts.Registerer.MustRegister(metrics)
 	log := opts.Log
-	srv := grpc.NewServer(
+	unary := []grpc.UnaryServerInterceptor{metrics.UnaryServerInterceptor(), recoverUnary(log), logUnary(log)}
+	sopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(opts.MaxRecvBytes),
+		grpc.StaticStreamWindowSize(StreamWindow),
+		grpc.StaticConnWindowSize(connWindow),
+		grpc.MaxHeaderListSize(MaxHeaderBytes),
+		grpc.ConnectionTimeout(connectionTimeout),
 		// Reused handler goroutines keep their grown stacks: a fresh goroutine per RPC
 		// grows its stack through several copies on every call.
 		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(metrics.UnaryServerInterceptor(), recoverUnary(log), logUnary(log)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			Time: keepaliveTime, Timeout: keepaliveTimeout, MaxConnectionIdle: maxConnectionIdle,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
 		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), recoverStream(log), logStream(log)),
-	)
+	}
+	if opts.MaxConcurrentStreams > 0 {
+		sopts = append(sopts, grpc.MaxConcurrentStreams(opts.MaxConcurrentStreams))
+	}
+	if l := opts.Limiter; l != nil {
+		// After the metrics and the log, so that refused calls are counted and logged.
+		unary = append(unary, l.unaryInterceptor)
+		sopts = append(sopts, grpc.InTapHandle(l.tap))
+	}
+	srv := grpc.NewServer(append(sopts, grpc.ChainUnaryInterceptor(unary...))...)
 	if svcs.Events == nil {
 		svcs.Events = eventgwv1.UnimplementedEventServiceServer{}
 	}
