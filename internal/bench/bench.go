@@ -73,6 +73,9 @@ type Options struct {
 	// SubscribeKeys is how many tenant keys the pre-loaded events spread over (key
 	// order allows one unacknowledged delivery per key).
 	SubscribeKeys int
+	// SagaRate is the paced rate (sagas per second) of the saga suite's latency
+	// scenario.
+	SagaRate int
 	// CPUProfile, when set, is where a CPU profile of the run is written.
 	CPUProfile string
 }
@@ -101,7 +104,7 @@ func Main(args []string, out io.Writer) int {
 	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "how long each scenario runs")
 	fs.StringVar(&o.Sizes, "sizes", "200,1024", "payload sizes in bytes, comma-separated")
 	fs.StringVar(&o.Only, "only", "", "run only scenarios whose name contains this")
-	fs.StringVar(&o.Suite, "suite", "all", "which suite: publish, store, subscribe, fallback or all")
+	fs.StringVar(&o.Suite, "suite", "all", "which suite: publish, store, subscribe, saga, fallback or all")
 	fs.BoolVar(&o.Unix, "unix", false, "reach the sidecar over a unix socket instead of 127.0.0.1 TCP")
 	fs.StringVar(&o.Layout, "layout", "cross", "cross: the sidecar runs as its own `eventgw serve` process (its CPU and RSS are measured from /proc); in-process: sidecar, load and Kafka in one process (for profiling with --cpuprofile)")
 	fs.StringVar(&o.SidecarPprof, "sidecar-pprof-addr", "", "with --layout cross: serve the sidecar process's pprof here (loopback), to profile it under load")
@@ -109,6 +112,7 @@ func Main(args []string, out io.Writer) int {
 	fs.IntVar(&o.ReplayEvents, "replay-events", 100000, "events of the tenant ReplayEvents is measured on (a multiple of 100)")
 	fs.IntVar(&o.SubscribeEvents, "subscribe-events", 200000, "events the subscribe suite pre-loads and drains")
 	fs.IntVar(&o.SubscribeKeys, "subscribe-keys", 64, "tenant keys the subscribe suite's pre-loaded events spread over")
+	fs.IntVar(&o.SagaRate, "saga-rate", 300, "sagas per second of the saga suite's paced scenario")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -121,8 +125,8 @@ func Main(args []string, out io.Writer) int {
 		fmt.Fprintln(os.Stderr, "bench: --layout must be cross or in-process")
 		return 2
 	}
-	if o.Suite != "all" && o.Suite != "publish" && o.Suite != "store" && o.Suite != "subscribe" && o.Suite != "fallback" {
-		fmt.Fprintln(os.Stderr, "bench: --suite must be publish, store, subscribe, fallback or all")
+	if o.Suite != "all" && o.Suite != "publish" && o.Suite != "store" && o.Suite != "subscribe" && o.Suite != "saga" && o.Suite != "fallback" {
+		fmt.Fprintln(os.Stderr, "bench: --suite must be publish, store, subscribe, saga, fallback or all")
 		return 2
 	}
 	if o.CPUProfile != "" {
@@ -306,6 +310,22 @@ func run(o Options, out io.Writer) (results []Result, err error) {
 			return nil, err
 		}
 		reportSubscribe(out, rs, subCap(o.Duration), cmp.Or(max(o.SubscribeKeys, 0), len(tenants)))
+		for _, r := range rs {
+			results = append(results, r.Result)
+		}
+	}
+	if o.Suite == "saga" || o.Suite == "all" {
+		if len(results) > 0 {
+			fmt.Fprintln(out)
+		}
+		if o.SagaRate <= 0 {
+			o.SagaRate = 300
+		}
+		rs, err := e.sagaSuite(ctx, o)
+		if err != nil {
+			return nil, err
+		}
+		reportSaga(out, rs, o.SagaRate)
 		for _, r := range rs {
 			results = append(results, r.Result)
 		}
