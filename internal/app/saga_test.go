@@ -124,7 +124,8 @@ func admissionHandler(failAssign bool) func(c call) reply {
 // the happy path ends COMPLETED with each output laid over the context; when step 3
 // fails, unassign_bed, cancel_admission and release_bed_hold run in that order, each
 // with its step's output, and the saga ends COMPENSATED. Its events reach
-// healthtech.saga.events in order, keyed by the saga id.
+// healthtech.saga.events in order, keyed by the saga id, and another service follows
+// them with Subscribe.
 func TestSagaAdmission(t *testing.T) {
 	s := startSidecar(t, nil)
 	client := eventgwv1.NewSagaServiceClient(s.conn)
@@ -180,6 +181,31 @@ func TestSagaAdmission(t *testing.T) {
 		})
 		if !slices.Equal(got, want) {
 			t.Errorf("Kafka has %v, history says %v", got, want)
+		}
+
+		// Another service follows the saga with Subscribe (domain "saga").
+		u := subscribeTo(t, s, &eventgwv1.SubscribeRequest{Subscription: "admission-follower", Topics: []string{"saga"},
+			StartPosition: eventgwv1.StartPosition_START_POSITION_EARLIEST, PayloadAsJson: true})
+		var followed []string
+		for len(followed) < len(want) {
+			d := u.next(1, 30*time.Second)[0]
+			if d.GetSubject() == sg.GetSagaId() {
+				followed = append(followed, d.GetEventType())
+				if d.GetEventType() == "saga.step_completed" && len(followed) == 2 {
+					var ev struct {
+						Output map[string]any `json:"output"`
+					}
+					if err := json.Unmarshal(d.GetPayloadJson(), &ev); err != nil || ev.Output["bed_id"] != "bed-w-4-7" {
+						t.Errorf("check_beds' step_completed event lacks its output: %s (%v)", d.GetPayloadJson(), err)
+					}
+				}
+			}
+			if _, err := s.events.Ack(callCtx(t), &eventgwv1.AckRequest{Subscription: "admission-follower", DeliveryIds: []string{d.GetDeliveryId()}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !slices.Equal(followed, want) {
+			t.Errorf("Subscribe delivered %v, history says %v", followed, want)
 		}
 	})
 

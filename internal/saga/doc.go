@@ -53,8 +53,15 @@
 // given back at once. Every sidecar sweeps expired leases (whichever locks the saga
 // first makes the timeout), so timeouts fire while any sidecar is alive.
 //
-// Workers are woken without polling delay: a state change wakes this sidecar's streams
-// of the task's queue at once, and, unless one of them has room for it, a NOTIFY (sent
-// after the commit, coalesced) wakes other sidecars' streams. A one-second poll covers a
-// lost notification, and a stream sleeps until the next retry's backoff ends.
+// Workers are woken without polling delay. A state change that makes a task due while
+// a stream of this sidecar for its queue has room leases it to that stream in the
+// change itself (no claim), and hands it over once committed. Otherwise the stream is
+// woken to claim it, and, unless one here has room, a NOTIFY (sent after the commit,
+// coalesced) wakes other sidecars' streams. A one-second poll covers a lost
+// notification, and a stream sleeps until the next retry's backoff ends.
+//
+// Group commit: answers (and starts) that arrive while every slot is busy are written
+// together by the next slot holder, in one transaction that locks their sagas in saga
+// id order and writes all the changes in one statement. Each is still its saga's own
+// change, all or nothing with its events; no timer delays a lone call.
 package saga
