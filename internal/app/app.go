@@ -244,7 +244,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Events:     server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log).WithSubscriptions(a.Subs).WithLimiter(limits),
 		Sagas:      sagas,
 		DeadLetter: server.NewDeadLetterService(failed, dlq, pub, a.Producer, topics, a.Router, m, cfg.ServiceName),
-		EventStore: server.NewEventStoreService(a.Events, store.NewAppender(a.Events, cfg.AppendSlots), a.snapshots, pub, a.Relay, outbox.ToEvent,
+		EventStore: server.NewEventStoreService(a.Events, store.NewAppender(a.Events, cfg.AppendSlots).WithMaxBytes(int64(cfg.AppendQueueBytes)), a.snapshots, pub, a.Relay, outbox.ToEvent,
 			cfg.MaxBatch, cfg.MaxEventBytes),
 	})
 	a.httpSrv = server.NewHTTP(a.Registry, a.readiness())

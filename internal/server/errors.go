@@ -81,6 +81,8 @@ func rewriteError(err error) error {
 	// A dependency that cannot serve now: each named by the class of the package that
 	// owns it, before anything generic (a registry or broker network failure is not
 	// the database's).
+	case errors.Is(err, store.ErrAppendQueueFull):
+		return status.Error(codes.ResourceExhausted, "the appends waiting to be written hold as many bytes as the gateway may keep (--append-queue-bytes): nothing was written; retry with the same ids")
 	case errors.Is(err, publish.ErrNotQueued):
 		return status.Error(codes.Unavailable, "kafka and PostgreSQL are both unavailable: the event was not accepted; retry with the same event_id")
 	case errors.As(err, &oe):

@@ -98,6 +98,7 @@ func TestRewriteErrorByClass(t *testing.T) {
 		{"schema incompatible", fmt.Errorf("%w: subject s", schema.ErrIncompatible), codes.FailedPrecondition, "not compatible", nil},
 		{"serialization failure 40001", &store.ConcurrencyError{Op: "append", Code: "40001"}, codes.Aborted, "retry", []string{"40001"}},
 		{"deadlock 40P01", &store.ConcurrencyError{Op: "append", Code: "40P01"}, codes.Aborted, "retry", nil},
+		{"append queue full", fmt.Errorf("append: %w", store.ErrAppendQueueFull), codes.ResourceExhausted, "--append-queue-bytes", nil},
 
 		{"registry network failure", registryDown(t), codes.Unavailable, "schema registry", []string{"database", "refused", "127.0.0.1"}},
 		{

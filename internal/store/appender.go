@@ -3,6 +3,7 @@ package store
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -28,6 +29,9 @@ type Appender struct {
 
 	mu    sync.Mutex
 	queue []*pendingAppend
+	// held is the bytes of the appends queued or being written, at most maxBytes.
+	held     int64
+	maxBytes int64
 }
 
 type pendingAppend struct {
@@ -35,17 +39,53 @@ type pendingAppend struct {
 	res  AppendResult
 	err  error
 	done chan struct{}
+	size int64
 }
+
+// ErrAppendQueueFull: the appends waiting to be written hold as many bytes as the
+// appender may keep (--append-queue-bytes); nothing was written, retry.
+var ErrAppendQueueFull = errors.New("the append queue is full")
 
 // NewAppender writes with at most `slots` statements at a time.
 func NewAppender(events *Events, slots int) *Appender {
 	return &Appender{events: events, slots: make(chan struct{}, max(1, slots))}
 }
 
+// WithMaxBytes bounds the bytes of the appends queued or being written (0: no bound):
+// past it Append answers ErrAppendQueueFull at once. An append the caller gave up on
+// still counts until it is written.
+func (a *Appender) WithMaxBytes(n int64) *Appender {
+	a.maxBytes = n
+	return a
+}
+
+// Held is the bytes of the appends queued or being written.
+func (a *Appender) Held() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.held
+}
+
+// appendSize is what an append holds while it waits: its events' data and metadata,
+// and a little for each event and the request.
+func appendSize(req *AppendRequest) int64 {
+	n := int64(256)
+	for i := range req.Events {
+		e := &req.Events[i]
+		n += 256 + int64(len(e.ID)+len(e.Type)+len(e.Data)+len(e.Metadata))
+	}
+	return n
+}
+
 // Append appends req, alone or together with concurrent appends.
 func (a *Appender) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
-	p := &pendingAppend{req: &req, done: make(chan struct{})}
+	p := &pendingAppend{req: &req, done: make(chan struct{}), size: appendSize(&req)}
 	a.mu.Lock()
+	if a.maxBytes > 0 && a.held > 0 && a.held+p.size > a.maxBytes {
+		a.mu.Unlock()
+		return AppendResult{}, ErrAppendQueueFull
+	}
+	a.held += p.size
 	a.queue = append(a.queue, p)
 	a.mu.Unlock()
 	for {
@@ -94,7 +134,7 @@ func (a *Appender) write(batch []*pendingAppend) {
 	if len(batch) == 1 {
 		p := batch[0]
 		p.res, p.err = a.events.Append(ctx, *p.req)
-		close(p.done)
+		a.finish(batch)
 		return
 	}
 	// One lock order for every statement, so that two never deadlock on each other.
@@ -106,6 +146,20 @@ func (a *Appender) write(batch []*pendingAppend) {
 	results, errs := a.events.AppendMany(ctx, reqs)
 	for i, p := range batch {
 		p.res, p.err = results[i], errs[i]
+	}
+	a.finish(batch)
+}
+
+// finish gives the batch's bytes back, then its answers.
+func (a *Appender) finish(batch []*pendingAppend) {
+	var n int64
+	for _, p := range batch {
+		n += p.size
+	}
+	a.mu.Lock()
+	a.held -= n
+	a.mu.Unlock()
+	for _, p := range batch {
 		close(p.done)
 	}
 }

@@ -132,3 +132,59 @@ func TestAppenderConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// The appends waiting for a statement are bounded in bytes: past the bound Append
+// answers ErrAppendQueueFull at once, and once the queue drains appends go through.
+func TestAppenderQueueIsBounded(t *testing.T) {
+	pool := newPool(t)
+	ev := store.NewEvents(pool)
+	// One append is 570 bytes by the appender's count (256 + 256 per event + its id,
+	// type and data): three fit in 2000, a fourth does not.
+	ap := store.NewAppender(ev, 1).WithMaxBytes(2000)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE stored_events IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	tenant := uuid.NewString()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := ap.Append(ctx, appendOne(tenant, uuid.NewString(), store.ExpectNoStream))
+			errs <- err
+		}()
+	}
+	for ap.Held() < 3*570 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the appends did not queue: %d bytes held", ap.Held())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if _, err := ap.Append(ctx, appendOne(tenant, uuid.NewString(), store.ExpectNoStream)); !errors.Is(err, store.ErrAppendQueueFull) {
+		t.Fatalf("append past the bound: %v, want ErrAppendQueueFull", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("queued append: %v", err)
+		}
+	}
+	if n := ap.Held(); n != 0 {
+		t.Errorf("%d bytes still held after every append was answered", n)
+	}
+	if _, err := ap.Append(ctx, appendOne(tenant, uuid.NewString(), store.ExpectNoStream)); err != nil {
+		t.Errorf("append once the queue drained: %v", err)
+	}
+}
