@@ -49,7 +49,7 @@ func TestFaultSidecarKilled(t *testing.T) {
 	second := startServe(t, bin, args...)
 	defer second.stop(t)
 	end := time.Now()
-	rec := l.AwaitRecovery(end, tg.Top(t), 90*time.Second, nil)
+	rec := l.AwaitRecovery(end, tg.Top(t), nil)
 	l.WaitProgress(50, 30*time.Second)
 	row := l.Finish("sidecar killed (SIGKILL) and restarted on the same data", rec)
 	fmt.Printf("\nFault table (cmd/eventgw):\n\n%s\n", testenv.FaultTable([]testenv.FaultRow{row}))

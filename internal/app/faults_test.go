@@ -130,7 +130,7 @@ func faultKafkaDown(t *testing.T) testenv.FaultRow {
 	}
 	k.Start()
 	end := time.Now()
-	rec := l.AwaitRecovery(end, tg.Top(t), 90*time.Second, nil)
+	rec := l.AwaitRecovery(end, tg.Top(t), nil)
 	l.WaitProgress(50, 30*time.Second)
 	return l.Finish("all Kafka brokers failing, then Kafka stopped and restarted", rec)
 }
@@ -154,7 +154,7 @@ func faultOneBroker(t *testing.T) testenv.FaultRow {
 	l.WaitProgress(100, 30*time.Second)
 	f.Off()
 	end := time.Now()
-	rec := l.AwaitRecovery(end, tg.Top(t), 90*time.Second, nil)
+	rec := l.AwaitRecovery(end, tg.Top(t), nil)
 	l.WaitProgress(50, 30*time.Second)
 	row := l.Finish(fmt.Sprintf("one Kafka broker (node %d of 3) failing", victim), rec)
 	t.Logf("requests failed on broker %d: %d", victim, f.Hits())
@@ -177,7 +177,7 @@ func faultSlowBroker(t *testing.T) testenv.FaultRow {
 	testenv.Eventually(t, 30*time.Second, "5 s of slow responses", func() bool { return time.Since(start) >= 5*time.Second })
 	f.Off()
 	end := time.Now()
-	rec := l.AwaitRecovery(end, tg.Top(t), 90*time.Second, nil)
+	rec := l.AwaitRecovery(end, tg.Top(t), nil)
 	l.WaitProgress(50, 30*time.Second)
 	row := l.Finish("slow broker responses (every produce request held 1 s)", rec)
 	t.Logf("produce requests delayed: %d", f.Hits())
@@ -202,6 +202,7 @@ func faultRegistryDown(t *testing.T) testenv.FaultRow {
 	l.WaitProgress(50, 30*time.Second)
 
 	reg.Stop()
+	down := time.Now()
 	l.WaitProgress(100, 30*time.Second) // the cached schema serves
 	newSchema := &eventgwv1.RegisterSchemaRequest{EventType: "appointment.cancelled",
 		Schema: `{"type":"record","name":"AppointmentCancelled","fields":[{"name":"reason","type":"string"}]}`}
@@ -214,11 +215,12 @@ func faultRegistryDown(t *testing.T) testenv.FaultRow {
 	}
 	t.Logf("a new schema was refused after %v: %v", time.Since(start).Round(time.Millisecond), err)
 	l.WaitProgress(30, 30*time.Second)
+	testenv.Eventually(t, 30*time.Second, "3 s of outage", func() bool { return time.Since(down) >= 3*time.Second })
 
 	reg.Start()
 	end := time.Now()
 	registered := false
-	rec := l.AwaitRecovery(end, tg.Top(t), 90*time.Second, func() bool {
+	rec := l.AwaitRecovery(end, tg.Top(t), func() bool {
 		// The caller retries its registration until the registry takes it.
 		if !registered {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -229,7 +231,7 @@ func faultRegistryDown(t *testing.T) testenv.FaultRow {
 		return registered
 	})
 	l.WaitProgress(50, 30*time.Second)
-	row := l.Finish("Schema Registry down (schema already registered and cached)", rec)
+	row := l.Finish("Schema Registry down 3 s (schema already registered and cached)", rec)
 	avro := 0
 	recs := testenv.ConsumeAll(t, d.kafka.Brokers, l.PublishTopic())
 	for _, r := range recs {
@@ -279,7 +281,7 @@ func faultPostgres(t *testing.T, durable func() (*devstack.Postgres, string), ki
 		t.Fatal(err)
 	}
 	end := time.Now()
-	rec := l.AwaitRecovery(end, tg.Top(t), 90*time.Second, nil)
+	rec := l.AwaitRecovery(end, tg.Top(t), nil)
 	l.WaitProgress(50, 30*time.Second)
 	return l.Finish(name, rec)
 }
@@ -295,20 +297,26 @@ func faultSubscriberKilled(t *testing.T) testenv.FaultRow {
 	l := testenv.StartLoad(t, tg, faultLoad)
 	l.WaitProgress(50, 30*time.Second) // the topic exists
 
+	start := time.Now()
 	sub := newFaultSubscriber(s, l.PublishTopic())
 	a := sub.start(t, "a", -1)
 	testenv.Eventually(t, 30*time.Second, "stream a consuming", func() bool { return sub.ackedBy("a") > 0 })
-	b := sub.start(t, "b", 200)
-	testenv.Eventually(t, 60*time.Second, "stream b holding unacknowledged deliveries", func() bool { return sub.heldBy("b") >= 20 })
+	b := sub.start(t, "b", 20)
+	testenv.Eventually(t, 60*time.Second, "stream b holding unacknowledged deliveries", func() bool { return sub.heldBy("b") >= 20 },
+		func() string { return fmt.Sprintf("acked by a %d, by b %d; b holds %d", sub.ackedBy("a"), sub.ackedBy("b"), sub.heldBy("b")) })
+	l.WaitProgress(20, 30*time.Second)
+	t.Logf("%v after the start: b has acknowledged %d and holds %d; killing it", time.Since(start).Round(time.Millisecond), sub.ackedBy("b"), sub.heldBy("b"))
 	b.stop() // killed mid-stream
 	end := time.Now()
 	held := sub.held("b")
-	rec := l.AwaitRecovery(end, tg.Top(t), 90*time.Second, func() bool { return sub.allAcked(held) })
+	rec := l.AwaitRecovery(end, tg.Top(t), func() bool { return sub.allAcked(held) })
 	l.WaitProgress(50, 30*time.Second)
 	row := l.Finish(fmt.Sprintf("subscriber killed mid-stream (%d deliveries unacknowledged)", len(held)), rec)
 
+	t.Logf("%v after the start: load finished", time.Since(start).Round(time.Millisecond))
 	acked := l.Acknowledged()
 	testenv.Eventually(t, 60*time.Second, "every acknowledged publish consumed", func() bool { return sub.allAcked(acked) })
+	t.Logf("%v after the start: every acknowledged publish consumed", time.Since(start).Round(time.Millisecond))
 	a.stop()
 	sub.mu.Lock()
 	defer sub.mu.Unlock()
@@ -373,6 +381,9 @@ func (f *faultSubscriber) start(t *testing.T, name string, ackFirst int) *faultS
 	stream, err := f.s.events.Subscribe(ctx, &eventgwv1.SubscribeRequest{
 		Subscription: "fault-suite", Topics: []string{strings.Split(f.topic, ".")[1]}, MaxInFlight: 50,
 		PayloadAsJson: true, StartPosition: eventgwv1.StartPosition_START_POSITION_EARLIEST,
+		// Without ordering a stream holds up to max_in_flight deliveries (with key order,
+		// one per key: the load has four keys).
+		Ordering: eventgwv1.Ordering_ORDERING_NONE,
 	})
 	if err != nil {
 		cancel()
@@ -388,6 +399,9 @@ func (f *faultSubscriber) start(t *testing.T, name string, ackFirst int) *faultS
 		for {
 			resp, err := stream.Recv()
 			if err != nil {
+				if ctx.Err() == nil {
+					t.Logf("stream %s ended: %v", name, err)
+				}
 				return
 			}
 			var ids []string
@@ -475,4 +489,3 @@ func (f *faultSubscriber) allAcked(ids []string) bool {
 	}
 	return true
 }
-

@@ -49,7 +49,7 @@ type LoadOptions struct {
 	// PublishType is the type of the published events (default appointment.booked);
 	// their payload is {"w": caller, "seq": n}.
 	PublishType string
-	// Pace is the pause between two calls of a caller (default 5 ms; 50 ms after a
+	// Pace is the pause between two calls of a caller (default 10 ms; 50 ms after a
 	// failure).
 	Pace time.Duration
 	// CallTimeout is each call's deadline (default 10 s).
@@ -114,7 +114,7 @@ func StartLoad(t testing.TB, target FaultTarget, opt LoadOptions) *Load {
 		opt.PublishType = "appointment.booked"
 	}
 	if opt.Pace == 0 {
-		opt.Pace = 5 * time.Millisecond
+		opt.Pace = 10 * time.Millisecond
 	}
 	if opt.CallTimeout == 0 {
 		opt.CallTimeout = 10 * time.Second
@@ -214,6 +214,9 @@ func (l *Load) PublishTopic() string {
 // WaitProgress waits until n more calls have succeeded.
 func (l *Load) WaitProgress(n int64, within time.Duration) {
 	l.t.Helper()
+	if l.stopped.Load() {
+		return // stopped by AwaitRecovery
+	}
 	want := l.okCalls.Load() + n
 	Eventually(l.t, within, fmt.Sprintf("%d more successful calls", n), func() bool { return l.okCalls.Load() >= want })
 }
@@ -630,9 +633,6 @@ func (tg FaultTarget) notRecovered(top int64) string {
 		sort.Strings(open)
 		return "breakers not closed: " + strings.Join(open, ", ")
 	}
-	if m["event_publish_queued_mode"] != 0 {
-		return "publishes are still queued in PostgreSQL"
-	}
 	var queued, cursor int64
 	err = tg.sqlQuery(func(ctx context.Context, conn *pgx.Conn) error {
 		return conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM publish_queue), (SELECT position FROM outbox_cursor WHERE id = 1)`).Scan(&queued, &cursor)
@@ -640,6 +640,8 @@ func (tg FaultTarget) notRecovered(top int64) string {
 	switch {
 	case err != nil:
 		return "postgres: " + err.Error()
+	case m["event_publish_queued_mode"] != 0:
+		return fmt.Sprintf("publishes are still answered queued (%d rows in publish_queue)", queued)
 	case queued > 0:
 		return fmt.Sprintf("%d rows left in publish_queue", queued)
 	case cursor < top:
@@ -648,21 +650,46 @@ func (tg FaultTarget) notRecovered(top int64) string {
 	return ""
 }
 
+// RecoveryUnderLoad is how long AwaitRecovery waits for a sidecar to get back to normal
+// while the callers go on, before it says so and stops them.
+const RecoveryUnderLoad = 30 * time.Second
+
+// Recovery is how long a sidecar took to get back to normal after a fault ended.
+type Recovery struct {
+	After time.Duration
+	// UnderLoad: it recovered while the callers went on; false: only once they stopped.
+	UnderLoad bool
+}
+
 // AwaitRecovery waits until the sidecar is back to normal after a fault that ended at
 // end: every breaker closed, publishing directly again with publish_queue empty, and the
 // outbox relayed up to top (see Top, read when the fault ended). extra, when set, must
-// hold too (it may act, as a caller retrying would). It answers the time from end.
-func (l *Load) AwaitRecovery(end time.Time, top int64, within time.Duration, extra func() bool) time.Duration {
+// hold too (it may act, as a caller retrying would). A sidecar that is not back within
+// RecoveryUnderLoad while the callers go on fails the test; then the callers are
+// stopped and it must recover without them.
+func (l *Load) AwaitRecovery(end time.Time, top int64, extra func() bool) Recovery {
 	l.t.Helper()
-	why := ""
-	Eventually(l.t, within, "the sidecar to recover", func() bool {
+	why, last := "", time.Now()
+	recovered := func() bool {
 		why = l.target.notRecovered(top)
 		if why == "" && extra != nil && !extra() {
 			why = "the fault's own condition"
 		}
+		if why != "" && time.Since(last) >= 5*time.Second {
+			l.t.Logf("%v after the fault: %s", time.Since(end).Round(time.Second), why)
+			last = time.Now()
+		}
 		return why == ""
-	}, func() string { return why })
-	return time.Since(end)
+	}
+	for deadline := time.Now().Add(RecoveryUnderLoad); !recovered(); time.Sleep(25 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			l.t.Errorf("not back to normal %v after the fault ended, with the callers going on: %s", RecoveryUnderLoad, why)
+			l.Stop()
+			Eventually(l.t, 90*time.Second, "the sidecar to recover once the callers stopped", recovered, func() string { return why })
+			return Recovery{After: time.Since(end)}
+		}
+	}
+	return Recovery{After: time.Since(end), UnderLoad: true}
 }
 
 // Eventually polls cond every 25 ms until it holds, and fails the test after within;
@@ -705,7 +732,7 @@ type FaultRow struct {
 	// Stuck: sagas not COMPLETED.
 	Stuck int
 	// Recovery: from the end of the fault until breakers closed and backlogs empty.
-	Recovery time.Duration
+	Recovery Recovery
 	// Note says what the fault showed besides the counts.
 	Note string
 }
@@ -746,9 +773,13 @@ func (r FaultRow) String() string {
 	if total > 0 {
 		d = fmt.Sprintf("%d (%s)", total, strings.Join(dups, ", "))
 	}
-	return fmt.Sprintf("| %s | %d | %d | %s | %d / %d / %d | %d | %d | %d | %s | %d | %.1f s |\n",
+	rec := fmt.Sprintf("%.1f s", r.Recovery.After.Seconds())
+	if !r.Recovery.UnderLoad {
+		rec = fmt.Sprintf("none in %v under load; %s once it stopped", RecoveryUnderLoad, rec)
+	}
+	return fmt.Sprintf("| %s | %d | %d | %s | %d / %d / %d | %d | %d | %d | %s | %d | %s |\n",
 		r.Fault, r.Calls, r.OK, strings.Join(failed, ", "), r.Direct, r.Queued, r.Appended, r.Sagas,
-		r.Unknown, r.Lost, d, r.Stuck, r.Recovery.Seconds())
+		r.Unknown, r.Lost, d, r.Stuck, rec)
 }
 
 // Finish stops the load, waits until everything acknowledged has been relayed, and
@@ -763,7 +794,7 @@ func (r FaultRow) String() string {
 //   - every saga started completes (none stuck).
 //
 // It fails the test for any violation and answers the fault's row.
-func (l *Load) Finish(fault string, recovery time.Duration) FaultRow {
+func (l *Load) Finish(fault string, recovery Recovery) FaultRow {
 	l.t.Helper()
 	l.Stop()
 	tg := l.target

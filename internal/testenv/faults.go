@@ -145,7 +145,11 @@ func (f *BrokerFault) FailAll() { f.node.Store(-1); f.delay.Store(0); f.on.Store
 func (f *BrokerFault) FailNode(node int32) { f.node.Store(node); f.delay.Store(0); f.on.Store(true) }
 
 // Slow delays every broker's requests by d before handling them.
-func (f *BrokerFault) Slow(d time.Duration) { f.node.Store(-1); f.delay.Store(int64(d)); f.on.Store(true) }
+func (f *BrokerFault) Slow(d time.Duration) {
+	f.node.Store(-1)
+	f.delay.Store(int64(d))
+	f.on.Store(true)
+}
 
 // Off lets every request through again.
 func (f *BrokerFault) Off() { f.on.Store(false) }
