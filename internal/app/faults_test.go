@@ -303,7 +303,9 @@ func faultSubscriberKilled(t *testing.T) testenv.FaultRow {
 	testenv.Eventually(t, 30*time.Second, "stream a consuming", func() bool { return sub.ackedBy("a") > 0 })
 	b := sub.start(t, "b", 20)
 	testenv.Eventually(t, 60*time.Second, "stream b holding unacknowledged deliveries", func() bool { return sub.heldBy("b") >= 20 },
-		func() string { return fmt.Sprintf("acked by a %d, by b %d; b holds %d", sub.ackedBy("a"), sub.ackedBy("b"), sub.heldBy("b")) })
+		func() string {
+			return fmt.Sprintf("acked by a %d, by b %d; b holds %d", sub.ackedBy("a"), sub.ackedBy("b"), sub.heldBy("b"))
+		})
 	l.WaitProgress(20, 30*time.Second)
 	t.Logf("%v after the start: b has acknowledged %d and holds %d; killing it", time.Since(start).Round(time.Millisecond), sub.ackedBy("b"), sub.heldBy("b"))
 	b.stop() // killed mid-stream
