@@ -20,8 +20,10 @@ const (
 	// MaxDepth is the deepest nesting of objects and arrays: the top-level object is
 	// depth 1.
 	MaxDepth = 64
-	// MaxNumberLen is the longest number literal, in characters.
-	MaxNumberLen = 400
+	// MaxDecimals bounds the digits after a number's decimal point once its exponent
+	// is applied (1.5e-3 has 4): 400 holds every float64 written with 17 significant
+	// digits (5e-324 has 324).
+	MaxDecimals = 400
 	// MaxExponent bounds the written exponent of a number literal (1e400, 0e-400).
 	MaxExponent = 400
 )
@@ -32,7 +34,7 @@ const (
 	ruleSyntax    = "is not valid JSON"
 	ruleObject    = "must be a JSON object"
 	ruleDepth     = "nests objects and arrays deeper than 64 levels"
-	ruleNumber    = "holds a number out of range: numbers must be finite float64 values (magnitude at most 1.7976931348623157e308, a non-zero number not below 5e-324), written in at most 400 characters with an exponent between -400 and 400"
+	ruleNumber    = "holds a number out of range: numbers must be float64 values (magnitude at most 1.7976931348623157e308; a non-zero number at least 5e-324) with at most 400 digits after the decimal point once the exponent is applied, and an exponent between -400 and 400"
 	ruleNaN       = "holds a NaN or infinite number, which JSON cannot represent"
 	ruleNUL       = "holds the character U+0000 in a string or key, which cannot be stored"
 	ruleUTF8      = "holds a string or key that is not valid UTF-8"
@@ -365,8 +367,11 @@ func hex4(b []byte, i int) (rune, bool) {
 	return r, true
 }
 
-// number scans a number literal and checks its range. Only literals near the ends of
-// float64's range are parsed; the rest are judged by their digits and exponent.
+// number scans a number literal and checks its range: a finite float64 that does not
+// round to zero, with at most MaxDecimals digits after the point once the exponent is
+// applied (the scale PostgreSQL's numeric keeps, and writes out in full: the rule holds
+// for the text jsonb gives back too), and a written exponent within ±MaxExponent. Only
+// literals near the ends of float64's range are parsed.
 func (s *jsonScanner) number() bool {
 	start := s.i
 	b := s.b
@@ -374,6 +379,7 @@ func (s *jsonScanner) number() bool {
 		s.i++
 	}
 	intDigits := 0    // digits of the integer part, when it is not 0
+	fracDigits := 0   // digits after the point
 	leadingZeros := 0 // zeros after the point before the first other digit, when intDigits is 0
 	nonZero := false  // a digit other than 0 in the mantissa
 	switch {
@@ -399,6 +405,7 @@ func (s *jsonScanner) number() bool {
 			} else if !nonZero {
 				leadingZeros++
 			}
+			fracDigits++
 			s.i++
 		}
 	}
@@ -426,19 +433,21 @@ func (s *jsonScanner) number() bool {
 			exp = -exp
 		}
 	}
-	if s.i-start > MaxNumberLen {
+	if fracDigits-exp > MaxDecimals {
 		return s.fail(ruleNumber, start)
 	}
 	if !nonZero {
 		return true // zero
 	}
-	// The value lies in [10^lo, 10^hi): within float64's normal range when
-	// -307 <= lo and hi <= 308.
+	// The magnitude lies in [10^lo, 10^hi).
 	hi, lo := intDigits+exp, intDigits-1+exp
 	if intDigits == 0 {
 		hi, lo = exp-leadingZeros, exp-leadingZeros-1
 	}
-	if lo >= -307 && hi <= 308 {
+	switch {
+	case lo >= 309 || hi <= -324: // beyond 1.8e308, or below the smallest float64
+		return s.fail(ruleNumber, start)
+	case lo >= -307 && hi <= 308: // within the normal range
 		return true
 	}
 	f, err := strconv.ParseFloat(string(b[start:s.i]), 64)

@@ -23,7 +23,7 @@ func TestJSONObjectRules(t *testing.T) {
 		{` {"a":[1,2,{"b":null}],"c":true,"d":false,"e":"x"} `, ""},
 		{`{"a":"\u00e9\ud83d\ude00 é 😀","b":"\"\\\/\b\f\n\r\t"}`, ""},
 		{`{"big":123456789012345678901234567890,"max":1.7976931348623157e308,"min":-1.7976931348623157e308,"tiny":5e-324,"z":0e-400,"neg":-0,"e":1E+2}`, ""},
-		{nest(`{"a":`, `}`, 63, `{}`), ""},          // 64 levels
+		{nest(`{"a":`, `}`, 63, `{}`), ""},           // 64 levels
 		{`{"a":` + nest(`[`, `]`, 63, ``) + `}`, ""}, // 64 levels
 		{nest(`{"a":`, `}`, 64, `{}`), ruleDepth},
 		{`{"a":` + nest(`[`, `]`, 64, ``) + `}`, ruleDepth},
@@ -34,8 +34,15 @@ func TestJSONObjectRules(t *testing.T) {
 		{`{"n":1e-400}`, ruleNumber},
 		{`{"n":2e-324}`, ruleNumber},
 		{`{"n":0e-401}`, ruleNumber},
-		{`{"n":1` + strings.Repeat("0", 400) + `}`, ruleNumber},
-		{`{"n":0.` + strings.Repeat("0", 400) + `}`, ruleNumber},
+		{`{"n":1` + strings.Repeat("0", 309) + `}`, ruleNumber},
+		{`{"n":1` + strings.Repeat("0", 308) + `}`, ""},
+		{`{"n":0.` + strings.Repeat("0", 400) + `}`, ""},
+		{`{"n":0.` + strings.Repeat("0", 401) + `}`, ruleNumber},
+		{`{"n":1.` + strings.Repeat("1", 350) + `e-50}`, ""},
+		{`{"n":1.` + strings.Repeat("1", 351) + `e-50}`, ruleNumber},
+		{`{"n":0.` + strings.Repeat("0", 323) + `5}`, ""},
+		{`{"n":0.` + strings.Repeat("0", 324) + `1}`, ruleNumber},
+		{`{"n":1.` + strings.Repeat("1", 1000) + `e400}`, ruleNumber},
 		{`{"s":"a\u0000b"}`, ruleNUL},
 		{`{"a\u0000":1}`, ruleNUL},
 		{"{\"s\":\"\xff\"}", ruleUTF8},
