@@ -291,13 +291,14 @@ func (c *guardConn) onClientData(stream uint32, p []byte) (tooMany bool) {
 		st.need -= uint32(k)
 		st.got += k
 		p = p[k:]
+		if st.counted {
+			c.g.receiving.Add(k)
+		}
 		switch {
 		case st.need == 0:
 			c.drop(&st)
 			st = partialMsg{}
-		case st.counted:
-			c.g.receiving.Add(k)
-		case st.got > int64(c.g.opts.StreamWindow):
+		case !st.counted && st.got > int64(c.g.opts.StreamWindow):
 			// Asked for: from now on it must arrive in time.
 			c.gen++
 			gen := c.gen
