@@ -92,4 +92,3 @@ func metricFamilies(t *testing.T, s *sidecar) map[string][]map[string]string {
 	}
 	return out
 }
-

@@ -81,7 +81,7 @@ func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
 		grpc.ConnectionTimeout(connectionTimeout),
 		// Reused handler goroutines keep their grown stacks: a fresh goroutine per RPC
 		// grows its stack through several copies on every call.
-		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
+		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time: keepaliveTime, Timeout: keepaliveTimeout, MaxConnectionIdle: maxConnectionIdle,
 		}),

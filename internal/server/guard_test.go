@@ -2,24 +2,22 @@ package server
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/eventgw/eventgw/internal/testenv"
 )
 
 // guarded is a gRPC server behind a Guard, with the sidecar's flow-control and
@@ -73,167 +71,6 @@ func startGuarded(t *testing.T, opts GuardOptions) *guarded {
 	return gs
 }
 
-// h2 is a raw HTTP/2 client: it can do what no gRPC library does, such as stop in the
-// middle of a message while answering every ping.
-type h2 struct {
-	t    *testing.T
-	conn net.Conn
-	mu   sync.Mutex // writes
-	fr   *http2.Framer
-	hbuf bytes.Buffer
-	enc  *hpack.Encoder
-
-	wmu      sync.Mutex
-	wcond    *sync.Cond
-	connWin  int64
-	strWin   map[uint32]int64
-	initWin  int64
-	settings bool
-	closed   error
-	goAway   *http2.GoAwayFrame
-	done     chan struct{}
-}
-
-func dialH2(t *testing.T, addr string) *h2 {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &h2{t: t, conn: conn, connWin: 65535, initWin: 65535, strWin: map[uint32]int64{}, done: make(chan struct{})}
-	c.wcond = sync.NewCond(&c.wmu)
-	c.fr = http2.NewFramer(conn, conn)
-	c.enc = hpack.NewEncoder(&c.hbuf)
-	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
-		t.Fatal(err)
-	}
-	c.write(func() error { return c.fr.WriteSettings() })
-	go c.readLoop()
-	t.Cleanup(func() { _ = conn.Close() })
-	return c
-}
-
-func (c *h2) write(f func() error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	_ = f() // a closed connection shows in readLoop
-}
-
-func (c *h2) readLoop() {
-	defer close(c.done)
-	for {
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			c.wmu.Lock()
-			c.closed = err
-			c.wcond.Broadcast()
-			c.wmu.Unlock()
-			return
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = f.ForeachSetting(func(s http2.Setting) error {
-					if s.ID == http2.SettingInitialWindowSize {
-						c.wmu.Lock()
-						c.initWin = int64(s.Val)
-						c.wmu.Unlock()
-					}
-					return nil
-				})
-				c.write(func() error { return c.fr.WriteSettingsAck() })
-				c.wmu.Lock()
-				c.settings = true
-				c.wcond.Broadcast()
-				c.wmu.Unlock()
-			}
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				c.write(func() error { return c.fr.WritePing(true, f.Data) })
-			}
-		case *http2.WindowUpdateFrame:
-			c.wmu.Lock()
-			if f.StreamID == 0 {
-				c.connWin += int64(f.Increment)
-			} else {
-				c.strWin[f.StreamID] += int64(f.Increment)
-			}
-			c.wcond.Broadcast()
-			c.wmu.Unlock()
-		case *http2.GoAwayFrame:
-			c.wmu.Lock()
-			c.goAway = f
-			c.wmu.Unlock()
-		}
-	}
-}
-
-// waitSettings waits for the server's SETTINGS: the connection was accepted.
-func (c *h2) waitSettings() {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	for !c.settings && c.closed == nil {
-		c.wcond.Wait()
-	}
-}
-
-// open starts a call of method on stream id.
-func (c *h2) open(id uint32, method string) {
-	c.wmu.Lock()
-	c.strWin[id] += c.initWin
-	c.wmu.Unlock()
-	c.write(func() error {
-		c.hbuf.Reset()
-		for _, f := range [][2]string{
-			{":method", "POST"}, {":scheme", "http"}, {":path", method}, {":authority", "sidecar"},
-			{"content-type", "application/grpc"}, {"te", "trailers"},
-		} {
-			_ = c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		return c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true})
-	})
-}
-
-// send writes p as DATA of stream id, within the server's flow-control windows,
-// waiting for them as a client must. It returns false if the connection closed.
-func (c *h2) send(id uint32, p []byte) bool {
-	for len(p) > 0 {
-		c.wmu.Lock()
-		for (c.connWin <= 0 || c.strWin[id] <= 0) && c.closed == nil {
-			c.wcond.Wait()
-		}
-		if c.closed != nil {
-			c.wmu.Unlock()
-			return false
-		}
-		n := min(int64(len(p)), c.connWin, c.strWin[id], 16384)
-		c.connWin -= n
-		c.strWin[id] -= n
-		c.wmu.Unlock()
-		chunk := p[:n]
-		c.write(func() error { return c.fr.WriteData(id, false, chunk) })
-		p = p[n:]
-	}
-	return true
-}
-
-// messageStart is a gRPC message prefix and the first bytes of a BytesValue of n bytes.
-func messageStart(n int) []byte {
-	full, _ := proto.Marshal(&wrapperspb.BytesValue{Value: make([]byte, n)})
-	out := make([]byte, 5, 5+len(full))
-	binary.BigEndian.PutUint32(out[1:], uint32(len(full)))
-	return append(out, full...)
-}
-
-func (c *h2) waitClosed(within time.Duration) bool {
-	select {
-	case <-c.done:
-		return true
-	case <-time.After(within):
-		return false
-	}
-}
-
 func closedCount(g *Guard, reason string) float64 {
 	return testutil.ToFloat64(g.closed.WithLabelValues(reason))
 }
@@ -243,22 +80,22 @@ func closedCount(g *Guard, reason string) float64 {
 // sent whole in time is received.
 func TestGuardClosesAnUnfinishedMessage(t *testing.T) {
 	gs := startGuarded(t, GuardOptions{MaxConns: 8, RecvTimeout: 500 * time.Millisecond, MaxReceiving: 64 << 20})
-	good := dialH2(t, gs.addr)
-	good.open(1, "/t/Read")
-	if !good.send(1, messageStart(1<<20)) {
+	good := testenv.DialH2(t, gs.addr)
+	good.Open(1, "/t/Read")
+	if !good.Send(1, testenv.GRPCMessageStart(1<<20)) {
 		t.Fatal("the connection closed while a message was sent whole")
 	}
 	if n := <-gs.received; n != 1<<20 {
 		t.Fatalf("received %d bytes", n)
 	}
 
-	bad := dialH2(t, gs.addr)
-	bad.open(1, "/t/Read")
-	msg := messageStart(1 << 20)
-	if !bad.send(1, msg[:len(msg)*3/4]) {
+	bad := testenv.DialH2(t, gs.addr)
+	bad.Open(1, "/t/Read")
+	msg := testenv.GRPCMessageStart(1 << 20)
+	if !bad.Send(1, msg[:len(msg)*3/4]) {
 		t.Fatal("closed before the message stalled")
 	}
-	if !bad.waitClosed(30 * time.Second) {
+	if !bad.WaitClosed(30 * time.Second) {
 		t.Fatal("a connection holding an unfinished message was not closed")
 	}
 	if err := <-gs.ended; err == nil {
@@ -271,8 +108,8 @@ func TestGuardClosesAnUnfinishedMessage(t *testing.T) {
 		t.Errorf("%d bytes still counted as being received", n)
 	}
 	// The other connection is untouched.
-	good.open(3, "/t/Read")
-	if !good.send(3, messageStart(100)) {
+	good.Open(3, "/t/Read")
+	if !good.Send(3, testenv.GRPCMessageStart(100)) {
 		t.Fatal("the good connection was closed")
 	}
 	if n := <-gs.received; n != 100 {
@@ -285,12 +122,12 @@ func TestGuardClosesAnUnfinishedMessage(t *testing.T) {
 // never closes a connection.
 func TestGuardLeavesUnreadStreamsAlone(t *testing.T) {
 	gs := startGuarded(t, GuardOptions{MaxConns: 8, RecvTimeout: 200 * time.Millisecond, MaxReceiving: 64 << 20})
-	c := dialH2(t, gs.addr)
-	c.waitSettings()
-	c.open(1, "/t/Hold")
-	msg := messageStart(1 << 20)
+	c := testenv.DialH2(t, gs.addr)
+	c.WaitSettings()
+	c.Open(1, "/t/Hold")
+	msg := testenv.GRPCMessageStart(1 << 20)
 	done := make(chan bool, 1)
-	go func() { done <- c.send(1, msg) }() // blocks on the stream's window
+	go func() { done <- c.Send(1, msg) }() // blocks on the stream's window
 	var got int64
 	for got < StreamWindow-16384 {
 		select {
@@ -323,10 +160,10 @@ func TestGuardLeavesUnreadStreamsAlone(t *testing.T) {
 // newer one finishes its message.
 func TestGuardBoundsReceivingBytes(t *testing.T) {
 	gs := startGuarded(t, GuardOptions{MaxConns: 8, RecvTimeout: time.Hour, MaxReceiving: 3 << 19})
-	msg := messageStart(1 << 20)
-	older := dialH2(t, gs.addr)
-	older.open(1, "/t/Read")
-	if !older.send(1, msg[:900<<10]) {
+	msg := testenv.GRPCMessageStart(1 << 20)
+	older := testenv.DialH2(t, gs.addr)
+	older.Open(1, "/t/Read")
+	if !older.Send(1, msg[:900<<10]) {
 		t.Fatal("closed early")
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -336,12 +173,12 @@ func TestGuardBoundsReceivingBytes(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	newer := dialH2(t, gs.addr)
-	newer.open(1, "/t/Read")
-	if !newer.send(1, msg[:900<<10]) {
+	newer := testenv.DialH2(t, gs.addr)
+	newer.Open(1, "/t/Read")
+	if !newer.Send(1, msg[:900<<10]) {
 		t.Fatal("the newer connection was closed")
 	}
-	if !older.waitClosed(30 * time.Second) {
+	if !older.WaitClosed(30 * time.Second) {
 		t.Fatal("the oldest unfinished message's connection was not closed")
 	}
 	if got := closedCount(gs.g, closedReceiving); got != 1 {
@@ -350,7 +187,7 @@ func TestGuardBoundsReceivingBytes(t *testing.T) {
 	if n := gs.g.Receiving(); n > 3<<19 {
 		t.Errorf("%d bytes being received, over the bound", n)
 	}
-	if !newer.send(1, msg[900<<10:]) {
+	if !newer.Send(1, msg[900<<10:]) {
 		t.Fatal("the newer connection was closed")
 	}
 	if n := <-gs.received; n != 1<<20 {
@@ -364,38 +201,38 @@ func TestGuardBoundsReceivingBytes(t *testing.T) {
 // Past MaxConns a connection waits to be accepted until another closes.
 func TestGuardBoundsConnections(t *testing.T) {
 	gs := startGuarded(t, GuardOptions{MaxConns: 2, RecvTimeout: time.Minute, MaxReceiving: 64 << 20})
-	a, b := dialH2(t, gs.addr), dialH2(t, gs.addr)
-	a.waitSettings()
-	b.waitSettings()
-	c := dialH2(t, gs.addr) // connected by the kernel, not accepted
+	a, b := testenv.DialH2(t, gs.addr), testenv.DialH2(t, gs.addr)
+	a.WaitSettings()
+	b.WaitSettings()
+	c := testenv.DialH2(t, gs.addr) // connected by the kernel, not accepted
 	gs.g.mu.Lock()
 	n := len(gs.g.conns)
 	gs.g.mu.Unlock()
 	if n != 2 || len(gs.g.sem) != 2 {
 		t.Fatalf("%d connections served, want 2", n)
 	}
-	_ = a.conn.Close()
-	c.waitSettings()
-	if c.closed != nil {
-		t.Fatalf("the waiting connection was not served once another closed: %v", c.closed)
+	_ = a.Conn.Close()
+	c.WaitSettings()
+	if c.Closed != nil {
+		t.Fatalf("the waiting connection was not served once another closed: %v", c.Closed)
 	}
 }
 
 // A client pinging more often than keepaliveMinTime is told to go away.
 func TestKeepaliveEnforcement(t *testing.T) {
 	gs := startGuarded(t, GuardOptions{MaxConns: 8, RecvTimeout: time.Minute, MaxReceiving: 64 << 20})
-	c := dialH2(t, gs.addr)
-	c.waitSettings()
+	c := testenv.DialH2(t, gs.addr)
+	c.WaitSettings()
 	for i := range 10 {
-		c.write(func() error { return c.fr.WritePing(false, [8]byte{byte(i)}) })
+		c.Write(func() error { return c.Fr.WritePing(false, [8]byte{byte(i)}) })
 	}
-	if !c.waitClosed(30 * time.Second) {
+	if !c.WaitClosed(30 * time.Second) {
 		t.Fatal("a ping flood was tolerated")
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if c.goAway == nil || c.goAway.ErrCode != http2.ErrCodeEnhanceYourCalm || string(c.goAway.DebugData()) != "too_many_pings" {
-		t.Errorf("GOAWAY %+v, want ENHANCE_YOUR_CALM too_many_pings", c.goAway)
+	c.WMu.Lock()
+	defer c.WMu.Unlock()
+	if c.GoAway == nil || c.GoAway.ErrCode != http2.ErrCodeEnhanceYourCalm || string(c.GoAway.DebugData()) != "too_many_pings" {
+		t.Errorf("GOAWAY %+v, want ENHANCE_YOUR_CALM too_many_pings", c.GoAway)
 	}
 }
 
