@@ -26,14 +26,15 @@ const (
 	groupTimeout = 30 * time.Second
 )
 
-// grouper is group commit, as the event store's appends: a caller that finds a free
-// slot writes its item together with whatever is queued at that moment; callers that
-// find every slot busy queue up and are written by the next slot holder. There is no
-// timer: a lone item is never delayed.
+// grouper is group commit, as the event store's appends: items are queued, and up to
+// groupSlots writers each take whatever is queued (up to maxGroup items) and write it in
+// one transaction. A writer is started when an item is queued and fewer than groupSlots
+// run; it stops when the queue is empty. There is no timer: a lone item is written at
+// once. (Callers only wait for their own item: they never contend for the slots.)
 type grouper[T any] struct {
-	mu    sync.Mutex
-	queue []*groupItem[T]
-	slots chan struct{}
+	mu      sync.Mutex
+	queue   []*groupItem[T]
+	running int
 	// key: items with equal keys never share a batch ("" never conflicts).
 	key   func(T) string
 	write func([]*groupItem[T])
@@ -47,7 +48,7 @@ type groupItem[T any] struct {
 }
 
 func newGrouper[T any](key func(T) string, write func([]*groupItem[T])) *grouper[T] {
-	return &grouper[T]{slots: make(chan struct{}, groupSlots), key: key, write: write}
+	return &grouper[T]{key: key, write: write}
 }
 
 // do writes v (alone or with others) and answers its item once written, or ctx's
@@ -56,25 +57,42 @@ func (g *grouper[T]) do(ctx context.Context, v T) (*groupItem[T], error) {
 	it := &groupItem[T]{v: v, done: make(chan struct{})}
 	g.mu.Lock()
 	g.queue = append(g.queue, it)
+	start := g.running < groupSlots
+	if start {
+		g.running++
+	}
 	g.mu.Unlock()
-	for {
-		select {
-		case <-it.done:
-			return it, nil
-		case g.slots <- struct{}{}:
-			if batch := g.take(); len(batch) > 0 {
-				g.write(batch)
-			}
-			<-g.slots
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
+	if start {
+		go g.writer()
+	}
+	select {
+	case <-it.done:
+		return it, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 }
 
+// writer writes batches until the queue is empty.
+func (g *grouper[T]) writer() {
+	for {
+		batch := g.take()
+		if batch == nil {
+			return
+		}
+		g.write(batch)
+	}
+}
+
+// take removes up to maxGroup items of distinct keys from the queue; with the queue
+// empty it answers nil and the writer stops (counted under the same lock).
 func (g *grouper[T]) take() []*groupItem[T] {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if len(g.queue) == 0 {
+		g.running--
+		return nil
+	}
 	var batch []*groupItem[T]
 	seen := make(map[string]bool, len(g.queue))
 	rest := g.queue[:0]
