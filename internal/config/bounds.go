@@ -66,3 +66,50 @@ func sortedKeys(m map[string]int) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+// The per-item terms of the peak-memory formula (README "Memory"), measured on Go 1.26
+// with grpc-go 1.85 and rounded up.
+const (
+	// MemBase is the sidecar at rest: the Go runtime, the Kafka and PostgreSQL
+	// clients, caches of schemas, topics and metric series at their limits.
+	MemBase = 48 << 20
+	// MemPerConn is one gRPC connection: its read and write buffers, HTTP/2 framer and
+	// HPACK tables, and its goroutines.
+	MemPerConn = 160 << 10
+	// MemPerStream is one gRPC call: its flow-control window (64 KiB a client may send
+	// that is not read yet), its answers queued for a client that does not read them
+	// (64 KiB), its headers (16 KiB), its handler goroutines and state.
+	MemPerStream = 176 << 10
+	// MemPerSeries is one metric series (labels, value, buckets' share).
+	MemPerSeries = 2 << 10
+)
+
+// MemoryTerm is one term of the peak-memory formula.
+type MemoryTerm struct {
+	Name  string
+	Bytes int64
+}
+
+// PeakHeap is the bound on the sidecar's live heap that the settings give, with
+// subscribeStreams Subscribe streams open, and its terms (README "Memory"). The Go heap
+// in use can reach twice the live heap between collections: run the sidecar with
+// GOMEMLIMIT set to this bound (or a little more) to keep the heap itself under it.
+func (c *Config) PeakHeap(subscribeStreams int) (int64, []MemoryTerm) {
+	conns, streams := int64(c.GRPCMaxConnections), int64(c.GRPCMaxConcurrentStreams)
+	terms := []MemoryTerm{
+		{"base", MemBase},
+		{"connections: --grpc-max-connections × 160 KiB", conns * MemPerConn},
+		{"calls: --grpc-max-connections × --grpc-max-concurrent-streams × 176 KiB", conns * streams * MemPerStream},
+		{"request messages being received: --grpc-max-receiving-bytes", int64(c.GRPCMaxReceivingBytes)},
+		{"unary requests being handled: --unary-budget-bytes", int64(c.UnaryBudgetBytes)},
+		{"PublishStream requests not answered: --publish-budget-bytes", int64(c.PublishBudgetBytes)},
+		{"appends waiting to be written: --append-queue-bytes", int64(c.AppendQueueBytes)},
+		{"publish metric series: (--metrics-max-services+1) × (--metrics-max-event-types+1) × 5 series", int64(c.MetricsMaxServices+1) * int64(c.MetricsMaxEventTypes+1) * 5 * MemPerSeries},
+		{"Subscribe streams × --subscribe-max-held-bytes", int64(subscribeStreams) * int64(c.SubscribeMaxHeldBytes)},
+	}
+	var total int64
+	for _, t := range terms {
+		total += t.Bytes
+	}
+	return total, terms
+}
