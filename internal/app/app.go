@@ -368,7 +368,7 @@ func (a *App) logReady() {
 		zap.String("grpc", a.cfg.GRPCAddr), zap.String("grpc_listening", a.GRPCAddr()),
 		zap.String("http", "http://"+a.HTTPAddr()+"/metrics"),
 		zap.Strings("kafka_brokers", a.brokers),
-		zap.String("schema_registry", a.registry),
+		zap.String("schema_registry", config.RedactURL(a.registry)),
 		zap.String("postgres", config.RedactURL(a.databaseURL)),
 	}
 	if a.Stack != nil {
@@ -385,6 +385,6 @@ func (a *App) logReady() {
     Schema Registry  %s
     PostgreSQL       %s   (data in %s)
 
-`, a.GRPCAddr(), a.HTTPAddr(), strings.Join(a.brokers, ","), a.registry, config.RedactURL(a.databaseURL), a.cfg.DataDir)
+`, a.GRPCAddr(), a.HTTPAddr(), strings.Join(a.brokers, ","), config.RedactURL(a.registry), config.RedactURL(a.databaseURL), a.cfg.DataDir)
 	}
 }

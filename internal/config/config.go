@@ -254,7 +254,7 @@ func (c *Config) Redacted(fs *flag.FlagSet) []string {
 	var out []string
 	fs.VisitAll(func(f *flag.Flag) {
 		v := f.Value.String()
-		if f.Name == "database-url" {
+		if f.Name == "database-url" || f.Name == "schema-registry-url" {
 			v = RedactURL(v)
 		}
 		out = append(out, f.Name+"="+v)
