@@ -38,7 +38,7 @@ func TestFaultSidecarKilled(t *testing.T) {
 	tg := testenv.FaultTarget{Conn: dial(t, grpcAddr), MetricsURL: "http://" + httpAddr + "/metrics", DatabaseURL: db, Brokers: k.Brokers}
 	l := testenv.StartLoad(t, tg, testenv.LoadOptions{Publishers: 2, Batchers: 1, Streamers: 1, Appenders: 2, Sagas: true})
 	l.Allow(codes.Unavailable)
-	l.WaitProgress(200, 60*time.Second)
+	l.WaitProgress(100, 60*time.Second)
 
 	if err := first.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)

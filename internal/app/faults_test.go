@@ -329,7 +329,7 @@ func faultSubscriberKilled(t *testing.T) testenv.FaultRow {
 	}
 	row.Dups["redelivered"] += sub.redelivered
 	if sub.afterAck > 0 {
-		t.Errorf("%d deliveries of events whose Ack was answered: only unacknowledged deliveries may come again", sub.afterAck)
+		t.Errorf("%d deliveries of events whose Ack was answered: only unacknowledged deliveries may come again:\n%s", sub.afterAck, strings.Join(sub.notes, "\n"))
 		row.Dups["NOT ALLOWED"] += sub.afterAck
 	}
 	for _, id := range held {
@@ -356,12 +356,14 @@ type faultSubscriber struct {
 	holding     map[string]map[string]bool // stream → event ids held unacknowledged
 	redelivered int                        // deliveries of events delivered before, not acknowledged
 	afterAck    int                        // deliveries of events whose Ack was answered
+	ackedAs     map[string]string          // event id → delivery id acknowledged
+	notes       []string                   // the first deliveries after an answered Ack
 	calls, ok   int
 	failed      map[codes.Code]int
 }
 
 func newFaultSubscriber(s *sidecar, topic string) *faultSubscriber {
-	return &faultSubscriber{s: s, topic: topic, acked: map[string]string{}, acks: map[string]int{},
+	return &faultSubscriber{s: s, topic: topic, acked: map[string]string{}, ackedAs: map[string]string{}, acks: map[string]int{},
 		delivered: map[string]bool{}, holding: map[string]map[string]bool{}, failed: map[codes.Code]int{}}
 }
 
@@ -413,7 +415,10 @@ func (f *faultSubscriber) start(t *testing.T, name string, ackFirst int) *faultS
 				id := dl.GetEventId()
 				switch {
 				case f.acked[id] != "":
-					f.afterAck++
+					if f.afterAck++; f.afterAck <= 5 {
+						f.notes = append(f.notes, fmt.Sprintf("event %s acknowledged by %s (delivery %s), delivered again to %s as %s (partition %d offset %d attempt %d)",
+							id, f.acked[id], f.ackedAs[id], name, dl.GetDeliveryId(), dl.GetPartition(), dl.GetOffset(), dl.GetAttempt()))
+					}
 				case f.delivered[id]:
 					f.redelivered++
 				}
@@ -450,6 +455,7 @@ func (f *faultSubscriber) start(t *testing.T, name string, ackFirst int) *faultS
 			for i, id := range ids {
 				if !stale[id] {
 					f.acked[evs[i]] = name
+					f.ackedAs[evs[i]] = id
 					f.acks[name]++
 				}
 			}

@@ -733,8 +733,6 @@ type FaultRow struct {
 	Stuck int
 	// Recovery: from the end of the fault until breakers closed and backlogs empty.
 	Recovery Recovery
-	// Note says what the fault showed besides the counts.
-	Note string
 }
 
 // FaultTableHeader is the header of FaultTable's output.
