@@ -243,7 +243,7 @@ func TestREADMEWalkthrough(t *testing.T) {
 	if !strings.Contains(out2, `"topic": "healthtech.patient.events"`) {
 		t.Fatalf("publish after restart:\n%s", out2)
 	}
-	if !strings.Contains(d.logText(), `"reseeded":1`) {
+	if !strings.Contains(d.logText(), `"msg":"re-seeded schemas into the registry","schemas":1`) {
 		t.Errorf("the registry was not re-seeded:\n%s", d.logText())
 	}
 }
