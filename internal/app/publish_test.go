@@ -590,17 +590,24 @@ func TestNoPayloadInLogs(t *testing.T) {
 		{EventType: "patient.updated", TenantId: tenantA, Data: &eventgwv1.Event_Payload{Payload: mustStruct(t, map[string]any{"name": canary})}},
 		{EventType: "patient.updated", TenantId: tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"note":"` + canary + `"}`)}},
 		{EventType: "patient.created", TenantId: tenantA, Data: &eventgwv1.Event_Payload{Payload: mustStruct(t, map[string]any{"patient_id": canary, "first_name": canary, "age": canary})}},
-		{EventType: "patient.created", TenantId: tenantA, Data: &eventgwv1.Event_Payload{Payload: mustStruct(t, map[string]any{canary: 1.0})}},
+		// Valid but for the unknown key, so that it reaches the unknown-key check.
+		{EventType: "patient.created", TenantId: tenantA, Data: &eventgwv1.Event_Payload{Payload: mustStruct(t, map[string]any{
+			"patient_id": "1d2c3b4a-5e6f-4a8b-9c0d-1e2f3a4b5c6d", "first_name": "x", "age": 1.0, canary: 1.0,
+		})}},
 		{EventType: "patient.updated", TenantId: tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"x":"` + canary + strings.Repeat("y", 2<<20) + `"}`)}},
 		{EventType: "patient.updated", TenantId: tenantA, Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"x":"` + canary + `"`)}},
 	}
 	failures := 0
-	for _, ev := range calls {
-		if _, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: ev}); err != nil {
+	for i, ev := range calls {
+		_, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: ev})
+		if err != nil {
 			failures++
 			if strings.Contains(err.Error(), canary) {
 				t.Errorf("error message repeats payload data: %v", err)
 			}
+		}
+		if i == 3 && !strings.Contains(status.Convert(err).Message(), "not a field of the schema") {
+			t.Errorf("the unknown-key case was refused before its check: %v", err)
 		}
 	}
 	if failures != 4 {
