@@ -37,6 +37,8 @@ var faultLoad = testenv.LoadOptions{Publishers: 2, Batchers: 1, Streamers: 1, Ap
 // faultBreakerTimeout keeps the breakers' open time short, so recovery is quick.
 const faultBreakerTimeout = time.Second
 
+// TestFaults runs the faults one after another, each on a sidecar and dependencies of
+// its own, and prints their table.
 func TestFaults(t *testing.T) {
 	var rows []testenv.FaultRow
 	t.Cleanup(func() {
@@ -286,9 +288,9 @@ func faultPostgres(t *testing.T, durable func() (*devstack.Postgres, string), ki
 	return l.Finish(name, rec)
 }
 
-// faultSubscriberKilled: two streams share a subscription while the callers publish;
-// one acknowledges its first deliveries, then holds every later one unacknowledged and
-// goes away (its stream cancelled). The other stream gets its partitions and the
+// faultSubscriberKilled: two streams share a subscription (no ordering, 50 in flight)
+// while the callers publish; one acknowledges its first deliveries, then holds every
+// later one unacknowledged and goes away (its stream cancelled) holding 50. The other stream gets its partitions and the
 // deliveries it held. Every acknowledged publish is acknowledged by a subscriber, and
 // no event whose Ack was answered is delivered again.
 func faultSubscriberKilled(t *testing.T) testenv.FaultRow {
