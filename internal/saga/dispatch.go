@@ -52,7 +52,9 @@ type poller struct {
 	queues []string
 	worker string
 	max    int
-	wake   chan struct{}
+	// wake: tasks of its queues may be ready (claim). room: an answer freed room
+	// (claim only if a wake came while the stream was full).
+	wake, room chan struct{}
 	// pushed are tasks leased to this stream by a state change of this sidecar (see
 	// Engine.leaseLocally); each has a reserved place in held, so the channel (of
 	// capacity max) never blocks.
@@ -93,7 +95,7 @@ func (p *poller) heldIDs() []string {
 // (the stream broke) is given back at once, its attempt not counted.
 func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) error) error {
 	p := &poller{
-		worker: req.WorkerID, max: req.MaxInFlight, wake: make(chan struct{}, 1), held: map[string]struct{}{},
+		worker: req.WorkerID, max: req.MaxInFlight, wake: make(chan struct{}, 1), room: make(chan struct{}, 1), held: map[string]struct{}{},
 		pushed: make(chan store.ClaimedTask, req.MaxInFlight),
 	}
 	seen := map[string]bool{}
@@ -122,8 +124,12 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 		}
 	}()
 	var timerC <-chan time.Time
+	// A claim runs when tasks may be ready: at the start, when woken, when a retry's
+	// backoff ends, at each poll — not after tasks were pushed or answered (no query per
+	// task when this sidecar's changes lease them here directly).
+	needClaim := true
 	for {
-		if free := p.free(); free > 0 {
+		if free := p.free(); needClaim && free > 0 {
 			limit := min(free, maxClaim)
 			claimed, next, err := e.st.Claim(ctx, p.queues, limit, p.worker)
 			switch {
@@ -144,6 +150,7 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 					continue // more may be waiting
 				}
 			}
+			needClaim = false
 			if timer != nil {
 				timer.Stop()
 				timer, timerC = nil, nil
@@ -178,9 +185,13 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 				return err
 			}
 		case <-p.wake:
+			needClaim = true
+		case <-p.room:
 		case <-timerC:
 			timer, timerC = nil, nil
+			needClaim = true
 		case <-tick.C:
+			needClaim = true
 			if p.free() <= 0 {
 				e.reconcile(ctx, p)
 			}
@@ -420,7 +431,7 @@ func (e *Engine) unhold(id string) {
 	p.mu.Lock()
 	delete(p.held, id)
 	p.mu.Unlock()
-	signal(p.wake)
+	signal(p.room)
 }
 
 // reconcile frees the room of tasks a full stream holds that are no longer leased:
