@@ -6,13 +6,14 @@ import (
 )
 
 // TestBenchSmoke runs every scenario of `make bench` for a moment on small data, so the
-// bench tool cannot rot: each must move events, with no errors.
+// bench tool cannot rot: each must move events, with no errors. It runs in one process:
+// the cross-process layout starts the eventgw binary, which a test binary is not.
 func TestBenchSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a whole stack; run without -short")
 	}
 	var out bytes.Buffer
-	rs, err := run(Options{Duration: 150e6, Sizes: "200", Suite: "all", AggregateEvents: 300, ReplayEvents: 500, SubscribeEvents: 3000}, &out)
+	rs, err := run(Options{Duration: 150e6, Sizes: "200", Suite: "all", Layout: "in-process", AggregateEvents: 300, ReplayEvents: 500, SubscribeEvents: 3000}, &out)
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out.String())
 	}

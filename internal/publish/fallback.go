@@ -83,10 +83,14 @@ func (f *Fallback) enter(reason string) {
 }
 
 // Run leaves queued mode when it may: this sidecar's queued rows are all published
-// and the Kafka breaker is not open.
+// and the Kafka breaker is not open. Under steady load a just-committed row is always
+// there, so once the backlog is small (switchRows) new publishes are held back for a
+// moment (switchWait at most) while the relay publishes the rest; if it does not, they
+// are queued again and the switch is tried later.
 func (f *Fallback) Run(ctx context.Context) error {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
+	var notBefore time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -95,28 +99,47 @@ func (f *Fallback) Run(ctx context.Context) error {
 		case <-f.kick:
 			continue
 		}
-		if !f.queued.Load() || f.breaker.State() == resilience.Open {
+		if !f.queued.Load() || f.breaker.State() == resilience.Open || time.Now().Before(notBefore) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		pending, err := f.queue.PendingSince(cctx, f.startTop)
+		n, err := f.queue.PendingCount(cctx, f.startTop, switchRows+1)
 		cancel()
-		if err != nil || pending {
+		if err != nil || n > switchRows {
 			continue
 		}
-		f.mu.Lock()
-		cctx, cancel = context.WithTimeout(ctx, 2*time.Second)
-		pending, err = f.queue.PendingSince(cctx, f.startTop)
-		cancel()
-		if err == nil && !pending {
-			f.queued.Store(false)
-			f.startTop = 0
-			f.mode.Set(0)
-			f.log.Info("queued events all published: publishing to Kafka directly again")
+		f.mu.Lock() // new publishes wait; those being queued finish first
+		if f.OnQueued != nil {
+			f.OnQueued() // the relay: publish what is left now
+		}
+		deadline := time.Now().Add(switchWait)
+		for {
+			cctx, cancel = context.WithTimeout(ctx, time.Second)
+			pending, err := f.queue.PendingSince(cctx, f.startTop)
+			cancel()
+			if err == nil && !pending {
+				f.queued.Store(false)
+				f.startTop = 0
+				f.mode.Set(0)
+				f.log.Info("queued events all published: publishing to Kafka directly again")
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				notBefore = time.Now().Add(2 * time.Second)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 		f.mu.Unlock()
 	}
 }
+
+// Leaving queued mode: at most switchRows rows left, new publishes held at most
+// switchWait while the relay publishes them.
+const (
+	switchRows = 2000
+	switchWait = 2 * time.Second
+)
 
 // ErrNotQueued: Kafka did not take the event and PostgreSQL could not queue it either
 // (errors.Is matches it on such an outcome's error).

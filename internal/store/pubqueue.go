@@ -298,6 +298,16 @@ func (q *PublishQueue) PendingSince(ctx context.Context, upTo int64) (bool, erro
 	return any, err
 }
 
+// PendingCount counts, up to limit, the rows PendingSince looks for.
+func (q *PublishQueue) PendingCount(ctx context.Context, upTo int64, limit int) (int, error) {
+	var n int
+	err := Do(ctx, q.breaker, ReadOnly, "read publish queue", func(ctx context.Context) error {
+		return q.pool.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM publish_queue
+			WHERE origin = $1 OR position <= $2 LIMIT $3) s`, q.origin, upTo, limit).Scan(&n)
+	})
+	return n, err
+}
+
 // QueueBacklog is the number of queued records and the age of the oldest.
 func QueueBacklog(ctx context.Context, pool *pgxpool.Pool) (n int64, oldest time.Duration, err error) {
 	var at *time.Time
