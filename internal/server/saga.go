@@ -64,7 +64,9 @@ func sagaError(err error) error {
 	case errors.Is(err, saga.ErrShutdown):
 		return status.Error(codes.Unavailable, err.Error())
 	}
-	return rewriteError(err)
+	// The saga store's statements do not all run inside store.Do: classify what they
+	// met (a PostgreSQL restart is Unavailable, not Internal).
+	return rewriteError(store.ClassifyError(context.Background(), "saga", err))
 }
 
 // RegisterWorkflow implements SagaService.RegisterWorkflow.
