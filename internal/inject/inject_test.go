@@ -336,12 +336,15 @@ func hasContainerIn(cs []corev1.Container, name string) bool {
 	return slices.ContainsFunc(cs, func(c corev1.Container) bool { return c.Name == name })
 }
 
-// withFlags is this build's serve flags plus extra string flags: a later build's.
+// withFlags is this build's serve flags plus extra string flags: a later build's
+// (those this build has are kept as they are).
 func withFlags(extra ...string) func() *flag.FlagSet {
 	return func() *flag.FlagSet {
 		fs := ServeFlags()
 		for _, n := range extra {
-			fs.String(n, "", "")
+			if fs.Lookup(n) == nil { // this build may have it already
+				fs.String(n, "", "")
+			}
 		}
 		return fs
 	}
