@@ -69,6 +69,7 @@ type App struct {
 	brokers     []string
 	registry    string
 	databaseURL string
+	tenants     []string // --tenants (nil: any tenant)
 }
 
 type closeStack []func() error
@@ -99,6 +100,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	kafka.BridgeLogger(log)
 
 	a.brokers, a.registry, a.databaseURL = cfg.Brokers(), cfg.SchemaRegistryURL, cfg.DatabaseURL
+	a.tenants, _ = cfg.TenantList()
 	if cfg.Dev {
 		ports, _ := cfg.DevPorts()
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -222,6 +224,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Brokers: a.brokers, ClientID: "eventgw-" + cfg.ServiceName, Service: cfg.ServiceName,
 		Router: a.Router, Topics: topics, Decoder: a.Schemas, DeadLetters: dlq, Metrics: m, Log: log,
 		MaxHeldBytes: cfg.SubscribeMaxHeldBytes, SessionTimeout: cfg.SubscribeSessionTimeout,
+		Tenants: tenantSet(a.tenants),
 	})
 	a.closer.push(a.Subs.Close)
 
@@ -239,7 +242,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	}, a.Registry)
 	a.grpcSrv, a.health = server.NewGRPC(server.Options{
 		MaxRecvBytes: cfg.RequestBytes(), MaxConcurrentStreams: uint32(cfg.GRPCMaxConcurrentStreams), Limiter: limits,
-		Registerer: a.Registry, Log: log,
+		Registerer: a.Registry, Log: log, Access: server.Access{Tenants: server.NewTenants(a.tenants)},
 	}, server.Services{
 		Events:     server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log).WithSubscriptions(a.Subs).WithLimiter(limits),
 		Sagas:      sagas,

@@ -27,7 +27,7 @@ var sagaEngines sync.Map // *App → *saga.Engine
 func (a *App) buildSagas(ctx context.Context, _ *publish.Publisher, _ *metrics.Metrics) (eventgwv1.SagaServiceServer, error) {
 	e := saga.New(saga.Config{
 		Store: store.NewSagas(a.Pool), Metrics: metrics.NewSaga(a.Registry), Log: a.log,
-		Service: a.cfg.ServiceName, Kick: a.Relay.Kick,
+		Service: a.cfg.ServiceName, Kick: a.Relay.Kick, Tenants: a.tenants,
 	})
 	sagaEngines.Store(a, e)
 	a.closer.push(func() error { sagaEngines.Delete(a); return nil })

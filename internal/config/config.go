@@ -83,6 +83,9 @@ type Config struct {
 	BreakerSuccessThreshold    int
 	BreakerTimeout             time.Duration
 	BreakerHalfOpenMaxRequests int
+
+	// Security: TLS, the API token, the tenant allow-list (security.go).
+	Security
 }
 
 // Register defines the serve flags on fs.
@@ -141,6 +144,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.BreakerTimeout, "breaker-timeout", 60*time.Second, "circuit breakers: time open before trial calls are let through (half-open)")
 	fs.IntVar(&c.BreakerHalfOpenMaxRequests, "breaker-half-open-max-requests", 3, "circuit breakers: trial calls at once while half-open")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight calls get to finish on SIGINT/SIGTERM")
+	c.Security.register(fs)
 }
 
 // Parse reads args, then EVENTGW_* environment variables for flags not given.
@@ -191,6 +195,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--max-request-bytes must exceed --max-event-bytes"))
 	}
 	errs = append(errs, c.validateBounds()...)
+	errs = append(errs, c.Security.validate()...)
 	return errors.Join(errs...)
 }
 

@@ -131,7 +131,7 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 	for {
 		if free := p.free(); needClaim && free > 0 {
 			limit := min(free, maxClaim)
-			claimed, next, err := e.st.Claim(ctx, p.queues, limit, p.worker)
+			claimed, next, err := e.claim(ctx, p, limit)
 			switch {
 			case err != nil && ctx.Err() != nil:
 				return ctx.Err()
@@ -364,6 +364,9 @@ type localLease struct {
 // now + timeout), so no claim is needed and no other worker can take them. The caller
 // pushes them once the change committed, or unholds them if it did not.
 func (e *Engine) leaseLocally(ch *Change, now time.Time) []localLease {
+	if !e.serves(ch.Saga.TenantID) {
+		return nil
+	}
 	var out []localLease
 	kept := ch.Ready[:0]
 	for _, r := range ch.Ready {

@@ -28,6 +28,9 @@ type Config struct {
 	// PollInterval is the fallback of claims and of the timeout sweeper when no
 	// notification comes (default 1 s).
 	PollInterval time.Duration
+	// Tenants are the tenants whose tasks this sidecar's workers get, canonical UUIDs
+	// (nil: any; tenants.go).
+	Tenants []string
 }
 
 // Engine runs sagas: it makes their state changes, hands their tasks to workers and
@@ -345,6 +348,10 @@ func (e *Engine) transition(ctx context.Context, lock func() (*store.SagaTx, err
 // through NOTIFY, elsewhere), the relay is kicked, metrics and logs.
 func (e *Engine) after(ch *Change) {
 	for _, r := range ch.Ready {
+		if !e.serves(ch.Saga.TenantID) {
+			e.announce(r.Queue) // for the workers of the sidecars that serve its tenant
+			continue
+		}
 		e.ready(r, ch.Saga.UpdatedAt)
 	}
 	if len(ch.Events) > 0 {

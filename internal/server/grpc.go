@@ -29,6 +29,8 @@ type Options struct {
 	Limiter    *Limiter
 	Registerer prometheus.Registerer
 	Log        *zap.Logger
+	// Access is the API token and the tenant allow-list (zero: every call passes).
+	Access Access
 }
 
 // What one connection and one stream may hold, whatever the client does (README
@@ -91,6 +93,11 @@ func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
 	if opts.MaxConcurrentStreams > 0 {
 		sopts = append(sopts, grpc.MaxConcurrentStreams(opts.MaxConcurrentStreams))
 	}
+	// The API token and the tenant allow-list come before the limiter: a refused call
+	// holds nothing.
+	accessUnary, accessStream := opts.Access.interceptors()
+	unary = append(unary, accessUnary...)
+	sopts = append(sopts, grpc.ChainStreamInterceptor(accessStream...))
 	if l := opts.Limiter; l != nil {
 		// After the metrics and the log, so that refused calls are counted and logged.
 		unary = append(unary, l.unaryInterceptor)

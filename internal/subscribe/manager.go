@@ -48,6 +48,9 @@ type Config struct {
 	SessionTimeout time.Duration
 	// KafkaVersion is the protocol version the consumers speak.
 	KafkaVersion sarama.KafkaVersion
+	// Tenants are the tenants whose events are delivered, canonical UUIDs (nil: any);
+	// other tenants' events are committed without being delivered (servesTenant).
+	Tenants map[string]bool
 }
 
 // Manager runs the sidecar's Subscribe streams and routes Ack and Nack to them.

@@ -278,7 +278,8 @@ func (s *stream) add(p *partition, rec *sarama.ConsumerMessage) {
 		p.skip = nil
 	}
 	if (p.skip != nil && p.skip.has(rec.Offset)) ||
-		(s.opts.EventTypes != nil && !s.opts.EventTypes[headerValue(rec.Headers, event.HeaderType)]) {
+		(s.opts.EventTypes != nil && !s.opts.EventTypes[headerValue(rec.Headers, event.HeaderType)]) ||
+		!s.m.servesTenant(rec.Headers) {
 		s.mu.Lock()
 		if p.revoked {
 			s.mu.Unlock()
