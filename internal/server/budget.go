@@ -190,7 +190,9 @@ func (l *Limiter) stream() *streamShare {
 
 // waitRoom returns when the stream may read its next request: while its own requests
 // leave room for one of the largest size, and all streams together are below 3/4 of
-// theirs. Until then the stream does not read, so the client is held back by HTTP/2
+// theirs, or the stream holds nothing (so that streams that do not read their answers
+// cannot stop the others: each may always have one request in flight, within the hard
+// budget). Until then the stream does not read, so the client is held back by HTTP/2
 // flow control instead of the sidecar buffering.
 func (s *streamShare) waitRoom(ctx context.Context) error {
 	if s == nil {
@@ -198,6 +200,9 @@ func (s *streamShare) waitRoom(ctx context.Context) error {
 	}
 	if err := s.own.waitBelow(ctx, s.l.b.Stream-s.l.b.MaxRequest+1); err != nil {
 		return err
+	}
+	if s.own.held() == 0 {
+		return nil
 	}
 	return s.l.streams.waitBelow(ctx, s.l.b.Streams-s.l.b.Streams/4)
 }
