@@ -130,7 +130,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.PublishBudgetBytes, "publish-budget-bytes", 128<<20, "memory all PublishStreams together may hold in requests received and not yet answered; streams stop reading at 3/4 of it, and a request that would pass it is answered RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.UnaryBudgetBytes, "unary-budget-bytes", 64<<20, "memory the unary calls being handled may hold in their requests; past it new calls are answered RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.GRPCMaxConnections, "grpc-max-connections", 32, "gRPC connections served at once; further ones wait to be accepted")
-	fs.IntVar(&c.GRPCMaxConcurrentStreams, "grpc-max-concurrent-streams", 128, "gRPC calls (streams) at once on one connection; a client queues further ones")
+	fs.IntVar(&c.GRPCMaxConcurrentStreams, "grpc-max-concurrent-streams", 64, "gRPC calls (streams) at once on one connection; a client queues further ones")
 	fs.DurationVar(&c.GRPCRecvTimeout, "grpc-recv-timeout", 15*time.Second, "longest a request message may take to arrive once the sidecar has asked for it; a connection with a message unfinished longer is closed")
 	fs.IntVar(&c.GRPCMaxReceivingBytes, "grpc-max-receiving-bytes", 64<<20, "bytes of request messages being received at once, over all connections; past it the connection with the oldest unfinished message is closed")
 	fs.IntVar(&c.AppendQueueBytes, "append-queue-bytes", 32<<20, "bytes of appends waiting for a statement (group commit); past it AppendEvents answers RESOURCE_EXHAUSTED")
