@@ -134,7 +134,7 @@ func TestSagaSidecarKilledMidSaga(t *testing.T) {
 		for range n {
 			r, err := c.StartSaga(ctx, &eventgwv1.StartSagaRequest{WorkflowId: "kill-admission", TenantId: tenant})
 			if err != nil {
-				t.Fatalf("StartSaga: %v", err)
+				t.Fatalf("StartSaga: %v\n--- sidecar A ---\n%s\n--- sidecar B ---\n%s", err, tailString(a.logText(), 6000), tailString(b.logText(), 6000))
 			}
 			sagas = append(sagas, r.GetSaga().GetSagaId())
 		}
