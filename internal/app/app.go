@@ -57,12 +57,17 @@ type App struct {
 	kafkaMu   sync.Mutex
 	kafka     sarama.Client // nil until Kafka was reachable
 	kcfg      *sarama.Config
+	rkcfg     *sarama.Config // the relay's producer's
+	rkafka    sarama.Client  // the relay's producer's client
+	// relayProducer is the outbox relay's own producer (kafka.RelayProducerConfig).
+	relayProducer *kafka.Producer
 	topics    *kafka.Topics
 
 	grpcSrv     *grpc.Server
 	health      *health.Server
 	httpSrv     *http.Server
 	grpcLis     net.Listener
+	loopLis     net.Listener // --grpc-loopback-addr (nil without)
 	httpLis     net.Listener
 	pprofSrv    *http.Server
 	pprofLis    net.Listener
@@ -172,8 +177,13 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	topics := kafka.NewDetachedTopics(settings, log)
 	a.topics = topics
 	a.Producer = kafka.NewDetachedProducer(log)
+	// The outbox relay has a producer of its own that retries for minutes, in order
+	// (kafka.RelayProducerConfig); it is closed before its client (closeKafka).
+	a.rkcfg = kafka.RelayProducerConfig("eventgw-"+cfg.ServiceName+"-relay", kafka.MaxMessageBytes(cfg.MaxEventBytes))
+	a.relayProducer = kafka.NewDetachedProducer(log)
 	a.closer.push(a.closeKafka)
 	a.closer.push(a.Producer.Close)
+	a.closer.push(a.relayProducer.Close)
 	if err := a.connectKafka(); err != nil {
 		log.Warn("kafka is unreachable; starting anyway: publishes are queued in PostgreSQL until it is",
 			zap.Strings("brokers", a.brokers), zap.Error(err))
@@ -214,6 +224,13 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Domains:        cfg.DomainSet(),
 		Timeout:        cfg.PublishTimeout,
 	}, a.Router, topics, a.Producer, a.Schemas, m, log).WithFallback(a.Fallback)
+	relayPub := publish.New(publish.Config{
+		DefaultSource: cfg.ServiceName,
+		Limits:        event.Limits{MaxEventBytes: cfg.MaxEventBytes},
+		MaxBatch:      cfg.MaxBatch,
+		Domains:       cfg.DomainSet(),
+		Timeout:       cfg.PublishTimeout,
+	}, a.Router, topics, a.relayProducer, a.Schemas, m, log).WithFallback(a.Fallback)
 
 	failed := store.NewFailedEvents(a.Pool, pg)
 	dlq := deadletter.New(deadletter.Config{
@@ -229,7 +246,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	a.closer.push(a.Subs.Close)
 
 	a.Events = store.NewEvents(a.Pool, pg)
-	a.Relay = outbox.New(a.Pool, pub, a.Registry, log)
+	a.Relay = outbox.New(a.Pool, relayPub, a.Registry, log)
 	a.Fallback.OnQueued = a.Relay.Kick
 	a.snapshots = store.NewSnapshotter(a.Events, int64(cfg.SnapshotEvery), log)
 	sagas, err := a.buildSagas(ctx, pub, m)
@@ -240,9 +257,13 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Stream: int64(cfg.PublishStreamBudgetBytes), Streams: int64(cfg.PublishBudgetBytes),
 		Unary: int64(cfg.UnaryBudgetBytes), MaxRequest: int64(cfg.RequestBytes()),
 	}, a.Registry)
+	access, err := a.access()
+	if err != nil {
+		return nil, err
+	}
 	a.grpcSrv, a.health = server.NewGRPC(server.Options{
 		MaxRecvBytes: cfg.RequestBytes(), MaxConcurrentStreams: uint32(cfg.GRPCMaxConcurrentStreams), Limiter: limits,
-		Registerer: a.Registry, Log: log, Access: server.Access{Tenants: server.NewTenants(a.tenants)},
+		Registerer: a.Registry, Log: log, Access: access,
 	}, server.Services{
 		Events:     server.NewEventService(pub, a.Schemas, a.Router, cfg.PublishTimeout, log).WithSubscriptions(a.Subs).WithLimiter(limits),
 		Sagas:      sagas,
@@ -252,15 +273,23 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	})
 	a.httpSrv = server.NewHTTP(a.Registry, a.readiness())
 
-	if a.grpcLis, err = listen(cfg.GRPCAddr); err != nil {
+	if a.grpcLis, err = a.listenGRPC(cfg.GRPCAddr); err != nil {
 		return nil, err
 	}
-	a.grpcLis = server.NewGuard(server.GuardOptions{
+	guard := server.NewGuard(server.GuardOptions{
 		MaxConns: cfg.GRPCMaxConnections, StreamWindow: server.StreamWindow, RecvTimeout: cfg.GRPCRecvTimeout,
 		MaxReceiving: int64(cfg.GRPCMaxReceivingBytes), MaxPartial: 2*cfg.GRPCMaxConcurrentStreams + 16,
 		Registerer: a.Registry, Log: log,
-	}).Listener(a.grpcLis)
+	})
+	a.grpcLis = guard.Listener(a.grpcLis)
 	a.closer.push(func() error { _ = a.grpcLis.Close(); return nil })
+	if cfg.GRPCLoopbackAddr != "" {
+		if a.loopLis, err = listen(cfg.GRPCLoopbackAddr); err != nil {
+			return nil, err
+		}
+		a.loopLis = guard.Listener(a.loopLis) // one bound on connections over both
+		a.closer.push(func() error { _ = a.loopLis.Close(); return nil })
+	}
 	if a.httpLis, err = listen(cfg.HTTPAddr); err != nil {
 		return nil, err
 	}
@@ -315,6 +344,14 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	if a.loopLis != nil {
+		g.Go(func() error {
+			if err := a.grpcSrv.Serve(a.loopLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("grpc (--grpc-loopback-addr): %w", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		if err := a.httpSrv.Serve(a.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
@@ -369,6 +406,7 @@ func (a *App) Run(ctx context.Context) error {
 func (a *App) logReady() {
 	fields := []zap.Field{
 		zap.String("grpc", a.cfg.GRPCAddr), zap.String("grpc_listening", a.GRPCAddr()),
+		zap.String("grpc_loopback", a.GRPCLoopbackAddr()),
 		zap.String("http", "http://"+a.HTTPAddr()+"/metrics"),
 		zap.Strings("kafka_brokers", a.brokers),
 		zap.String("schema_registry", config.RedactURL(a.registry)),

@@ -195,7 +195,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--max-request-bytes must exceed --max-event-bytes"))
 	}
 	errs = append(errs, c.validateBounds()...)
-	errs = append(errs, c.Security.validate()...)
+	errs = append(errs, c.validateSecurity()...)
 	return errors.Join(errs...)
 }
 

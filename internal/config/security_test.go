@@ -29,3 +29,36 @@ func TestTenantsFlag(t *testing.T) {
 		}
 	}
 }
+
+func TestListenerSecurityFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		bad  string // a fragment of the error; "" valid
+	}{
+		{[]string{"--grpc-addr=0.0.0.0:50051"}, "--grpc-insecure-listen"},
+		{[]string{"--grpc-addr=:50051"}, "--tls-cert"},
+		{[]string{"--grpc-addr=10.1.2.3:50051", "--grpc-insecure-listen"}, ""},
+		{[]string{"--grpc-addr=0.0.0.0:50051", "--tls-cert=c.pem", "--tls-key=k.pem"}, ""},
+		{[]string{"--grpc-addr=0.0.0.0:50051", "--tls-cert=c.pem", "--tls-key=k.pem", "--tls-client-ca=ca.pem"}, ""},
+		{[]string{"--grpc-addr=unix:///run/eventgw/eventgw.sock", "--grpc-loopback-addr=127.0.0.1:50051"}, ""},
+		{[]string{"--grpc-addr=[::1]:50051"}, ""},
+		{[]string{"--grpc-addr=localhost:50051"}, ""},
+		{[]string{"--tls-cert=c.pem"}, "--tls-key"},
+		{[]string{"--tls-client-ca=ca.pem"}, "--tls-client-ca"},
+		{[]string{"--grpc-socket-mode=0660"}, ""},
+		{[]string{"--grpc-socket-mode=rw"}, "--grpc-socket-mode"},
+		{[]string{"--grpc-socket-mode=1777"}, "--grpc-socket-mode"},
+		{[]string{"--grpc-loopback-addr=0.0.0.0:50051"}, "--grpc-loopback-addr"},
+		{[]string{"--auth-open-health"}, "--api-token-file"},
+		{[]string{"--api-token-file=/run/secrets/token", "--auth-open-health", "--auth-open-reflection"}, ""},
+	} {
+		c := devConfig(t, tc.args...)
+		err := c.Validate()
+		switch {
+		case tc.bad == "" && err != nil:
+			t.Errorf("%v: %v", tc.args, err)
+		case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad)):
+			t.Errorf("%v: %v, want an error naming %s", tc.args, err, tc.bad)
+		}
+	}
+}
