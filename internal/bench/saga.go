@@ -44,7 +44,10 @@ type sagaResult struct {
 	// bench process's (workers, load, kfake).
 	Sidecar, Postgres, Bench time.Duration
 	Offered                  float64 // the paced rate (0: closed loop)
-	inProcess                bool
+	// Handoff is the p50/p99 from a step's CompleteTask being sent to the next step's
+	// task reaching a worker (the commit included).
+	Handoff   [2]time.Duration
+	inProcess bool
 }
 
 // sagaBench is the saga sidecar and the bench's workers attached to it.
@@ -59,6 +62,8 @@ type sagaBench struct {
 	tasks     atomic.Int64
 	errors    atomic.Int64
 	lat       latencies
+	handoff   latencies
+	sent      sync.Map      // saga id → time.Time its last step answer was sent
 	open      chan struct{} // a slot per running saga (closed loop)
 	tenant    string
 }
@@ -180,6 +185,9 @@ func (b *sagaBench) worker(ctx context.Context, i int, ready chan<- error) {
 		go func() {
 			defer wg.Done()
 			for t := range tasks {
+				if t.GetAction() != "notify_ward_staff" {
+					b.sent.Store(t.GetSagaId(), time.Now())
+				}
 				_, err := client.CompleteTask(ctx, &eventgwv1.CompleteTaskRequest{TaskId: t.GetTaskId(),
 					Result: &eventgwv1.CompleteTaskRequest_OutputJson{OutputJson: benchOutputs[t.GetAction()]}})
 				switch {
@@ -197,23 +205,29 @@ func (b *sagaBench) worker(ctx context.Context, i int, ready chan<- error) {
 			}
 		}()
 	}
-	var local []time.Duration
+	var local, hand []time.Duration
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
 			return
 		}
 		now := time.Now()
-		local = local[:0]
+		local, hand = local[:0], hand[:0]
 		for _, t := range resp.GetTasks() {
 			if b.measuring.Load() {
 				local = append(local, now.Sub(t.GetReadyAt().AsTime()))
+				if t.GetAction() != "check_beds" {
+					if at, ok := b.sent.LoadAndDelete(t.GetSagaId()); ok {
+						hand = append(hand, now.Sub(at.(time.Time)))
+					}
+				}
 			}
 			tasks <- t
 		}
 		if len(local) > 0 {
 			b.tasks.Add(int64(len(local)))
 			b.lat.add(local)
+			b.handoff.add(hand)
 		}
 	}
 }
@@ -226,9 +240,11 @@ func (b *sagaBench) scenario(ctx context.Context, d time.Duration, rate float64)
 	b.completed.Store(0)
 	b.tasks.Store(0)
 	b.errors.Store(0)
-	b.lat.mu.Lock()
-	b.lat.d = b.lat.d[:0]
-	b.lat.mu.Unlock()
+	for _, l := range []*latencies{&b.lat, &b.handoff} {
+		l.mu.Lock()
+		l.d = l.d[:0]
+		l.mu.Unlock()
+	}
 	var started atomic.Int64
 	sctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -313,6 +329,11 @@ func (b *sagaBench) scenario(ctx context.Context, d time.Duration, rate float64)
 	b.lat.mu.Lock()
 	b.lat.fill(&r.Result)
 	b.lat.mu.Unlock()
+	var h Result
+	b.handoff.mu.Lock()
+	b.handoff.fill(&h)
+	b.handoff.mu.Unlock()
+	r.Handoff = [2]time.Duration{h.P50, h.P99}
 	return r, nil
 }
 
@@ -369,7 +390,7 @@ func perSaga(d time.Duration, sagas int64) float64 {
 
 func reportSaga(out io.Writer, rs []sagaResult, rate int) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "saga scenario\tsagas\tsagas/s\ttasks/s\tdispatch p50\tdispatch p99\terrors\tsidecar ms/saga\tpostgres ms/saga\tbench ms/saga\ttarget\t")
+	fmt.Fprintln(tw, "saga scenario\tsagas\tsagas/s\ttasks/s\tdispatch p50\tdispatch p99\thandoff p50\thandoff p99\terrors\tsidecar ms/saga\tpostgres ms/saga\tbench ms/saga\ttarget\t")
 	inProcess := false
 	for _, r := range rs {
 		inProcess = inProcess || r.inProcess
@@ -377,8 +398,8 @@ func reportSaga(out io.Writer, rs []sagaResult, rate int) {
 		if r.Offered > 0 {
 			target = "p99 < 20ms: " + metOrNot(r.P99 > 0 && r.P99 < 20*time.Millisecond)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%v\t%v\t%d\t%.2f\t%.2f\t%.2f\t%s\t\n", r.Name, r.Events, r.Rate(),
-			float64(r.Tasks)/r.Elapsed.Seconds(), r.P50, r.P99, r.Errors, perSaga(r.Sidecar, r.Events),
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%v\t%v\t%v\t%v\t%d\t%.2f\t%.2f\t%.2f\t%s\t\n", r.Name, r.Events, r.Rate(),
+			float64(r.Tasks)/r.Elapsed.Seconds(), r.P50, r.P99, r.Handoff[0], r.Handoff[1], r.Errors, perSaga(r.Sidecar, r.Events),
 			perSaga(r.Postgres, r.Events), perSaga(r.Bench, r.Events), target)
 	}
 	_ = tw.Flush()
@@ -391,8 +412,10 @@ The guide's four-step patient-admission workflow through a sidecar of its own da
 (%s), %d PollTasks streams (max_in_flight %d, payload_as_json) answering every task at
 once with CompleteTask, and StartSaga callers: flat out with %d sagas running at once, then
 paced at %d sagas/s and at a third of that. sagas/s: sagas whose last step was answered in the window (after a
-%v warm-up). Dispatch: from the task becoming ready (its ready_at, the database's clock
-at the commit that made it due) to the worker receiving it. CPU per saga over the
+%v warm-up). Dispatch: from the task becoming ready (its ready_at: when the change that
+made it due committed) to the worker receiving it. Handoff: from a worker sending a
+step's CompleteTask to a worker receiving the next step's task (the state change and
+its commit included). CPU per saga over the
 window: the sidecar's, the PostgreSQL cluster's (all its processes) and the bench
 process's (workers, StartSaga callers and kfake). Every saga writes 6 events, published
 to healthtech.saga.events by the sidecar's outbox relay.

@@ -342,7 +342,10 @@ func (e *Engine) reserve(queue, taskID string) *poller {
 }
 
 // push hands a task leased to p to its stream, or gives it back if the stream ended.
+// It runs once the change that made the task due committed: that is when the task
+// became ready (ReadyAt, by this sidecar's clock).
 func (e *Engine) push(p *poller, c store.ClaimedTask) {
+	c.ReadyAt = time.Now()
 	p.mu.Lock()
 	if !p.gone {
 		p.pushed <- c // room was reserved

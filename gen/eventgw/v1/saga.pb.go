@@ -1709,7 +1709,8 @@ type Task struct {
 	Kind    TaskKind `protobuf:"varint,11,opt,name=kind,proto3,enum=eventgw.v1.TaskKind" json:"kind,omitempty"`
 	// Answer before this: afterwards the task times out and an answer is refused.
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	// When the task became ready to be taken.
+	// When the task became ready to be taken: when the change that made it due
+	// committed, or when its retry's backoff ended.
 	ReadyAt         *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=ready_at,json=readyAt,proto3" json:"ready_at,omitempty"`
 	WorkflowId      string                 `protobuf:"bytes,14,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
 	WorkflowVersion int32                  `protobuf:"varint,15,opt,name=workflow_version,json=workflowVersion,proto3" json:"workflow_version,omitempty"`
