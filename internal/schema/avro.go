@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -71,7 +72,9 @@ func coerce(s avro.Schema, v any, path string) (any, error) {
 		for _, t := range nonNull {
 			cv, err := coerce(t, v, path)
 			if err == nil {
-				if len(nonNull) == 1 {
+				// hamba picks a union's branch by the Go type, except for logical types
+				// (an int64 is "long", never "long.timestamp-micros"): those are named.
+				if p, ok := t.(*avro.PrimitiveSchema); len(nonNull) == 1 && (!ok || p.Logical() == nil) {
 					return cv, nil
 				}
 				return map[string]any{unionName(t): cv}, nil
@@ -130,7 +133,10 @@ func coerce(s avro.Schema, v any, path string) (any, error) {
 		if !ok || len(str) != s.Size() {
 			return nil, validate.Errorf(orPayload(path), "must be a string of exactly %d bytes (fixed %s)", s.Size(), s.FullName())
 		}
-		return []byte(str), nil
+		// hamba encodes a fixed from a [size]byte array only.
+		arr := reflect.New(reflect.ArrayOf(s.Size(), reflect.TypeFor[byte]())).Elem()
+		reflect.Copy(arr, reflect.ValueOf([]byte(str)))
+		return arr.Interface(), nil
 	case *avro.PrimitiveSchema:
 		return coercePrimitive(s, v, path)
 	case *avro.NullSchema:
@@ -184,11 +190,22 @@ func coercePrimitive(s *avro.PrimitiveSchema, v any, path string) (any, error) {
 		if !ok {
 			return nil, mismatch(path, "an integer", v)
 		}
+		if logical == avro.TimeMicros {
+			// hamba reads an int64 for time-micros as a time.Duration (nanoseconds).
+			if n > math.MaxInt64/int64(time.Microsecond) || n < math.MinInt64/int64(time.Microsecond) {
+				return nil, mismatch(path, "a time of day in microseconds", v)
+			}
+			return time.Duration(n) * time.Microsecond, nil
+		}
 		return n, nil
 	case avro.Float:
 		f, ok := number(v)
 		if !ok {
 			return nil, mismatch(path, "a number", v)
+		}
+		if math.Abs(f) > math.MaxFloat32 {
+			// It would be stored as an infinity, which JSON cannot give back.
+			return nil, validate.Errorf(orPayload(path), "is beyond the range of an Avro float (±3.4028234663852886e38)")
 		}
 		return float32(f), nil
 	case avro.Double:

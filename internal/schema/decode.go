@@ -2,10 +2,14 @@ package schema
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
+	"reflect"
+	"time"
+	"unicode/utf8"
 
 	"github.com/hamba/avro/v2"
 	"github.com/riferrei/srclient"
@@ -79,7 +83,9 @@ func (r *Registry) byIDOrFetch(ctx context.Context, id int) (avro.Schema, error)
 }
 
 // jsonValue turns hamba/avro's generic decoding of schema s back into the JSON shape
-// the payload was published in: union values unwrapped, NaN and infinities as null.
+// the payload was published in: union values unwrapped, NaN and infinities as null,
+// dates as 2006-01-02, timestamps as RFC 3339, times of day as numbers of their unit,
+// bytes and fixed as the string they were published as.
 func jsonValue(s avro.Schema, v any) any {
 	switch s := s.(type) {
 	case *avro.RecordSchema:
@@ -129,6 +135,35 @@ func jsonValue(s avro.Schema, v any) any {
 			}
 		}
 		return v
+	}
+	if rv := reflect.ValueOf(v); s.Type() == avro.Fixed && rv.Kind() == reflect.Array && rv.Type().Elem().Kind() == reflect.Uint8 {
+		b := make([]byte, rv.Len())
+		reflect.Copy(reflect.ValueOf(b), rv)
+		v = b
+	}
+	if b, ok := v.([]byte); ok && (s.Type() == avro.Bytes || s.Type() == avro.Fixed) {
+		// Encode takes bytes and fixed as a JSON string's bytes: they come back as that
+		// string. Bytes that are not UTF-8 (another producer's) come as base64.
+		if utf8.Valid(b) {
+			return string(b)
+		}
+		return base64.StdEncoding.EncodeToString(b)
+	}
+	if p, ok := s.(*avro.PrimitiveSchema); ok && p.Logical() != nil {
+		// Logical types in the form Encode takes them: what a subscriber gets can be
+		// published again as it is.
+		switch x := v.(type) {
+		case time.Time:
+			if p.Logical().Type() == avro.Date {
+				return x.UTC().Format(time.DateOnly)
+			}
+			return x.UTC().Format(time.RFC3339Nano)
+		case time.Duration:
+			if p.Logical().Type() == avro.TimeMillis {
+				return x.Milliseconds()
+			}
+			return x.Microseconds()
+		}
 	}
 	switch f := v.(type) {
 	case float64:
