@@ -57,10 +57,6 @@ type App struct {
 	kafkaMu   sync.Mutex
 	kafka     sarama.Client // nil until Kafka was reachable
 	kcfg      *sarama.Config
-	rkcfg     *sarama.Config // the relay's producer's
-	rkafka    sarama.Client  // the relay's producer's client
-	// relayProducer is the outbox relay's own producer (kafka.RelayProducerConfig).
-	relayProducer *kafka.Producer
 	topics    *kafka.Topics
 
 	grpcSrv     *grpc.Server
@@ -177,13 +173,8 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	topics := kafka.NewDetachedTopics(settings, log)
 	a.topics = topics
 	a.Producer = kafka.NewDetachedProducer(log)
-	// The outbox relay has a producer of its own that retries for minutes, in order
-	// (kafka.RelayProducerConfig); it is closed before its client (closeKafka).
-	a.rkcfg = kafka.RelayProducerConfig("eventgw-"+cfg.ServiceName+"-relay", kafka.MaxMessageBytes(cfg.MaxEventBytes))
-	a.relayProducer = kafka.NewDetachedProducer(log)
 	a.closer.push(a.closeKafka)
 	a.closer.push(a.Producer.Close)
-	a.closer.push(a.relayProducer.Close)
 	if err := a.connectKafka(); err != nil {
 		log.Warn("kafka is unreachable; starting anyway: publishes are queued in PostgreSQL until it is",
 			zap.Strings("brokers", a.brokers), zap.Error(err))
@@ -224,13 +215,6 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Domains:        cfg.DomainSet(),
 		Timeout:        cfg.PublishTimeout,
 	}, a.Router, topics, a.Producer, a.Schemas, m, log).WithFallback(a.Fallback)
-	relayPub := publish.New(publish.Config{
-		DefaultSource: cfg.ServiceName,
-		Limits:        event.Limits{MaxEventBytes: cfg.MaxEventBytes},
-		MaxBatch:      cfg.MaxBatch,
-		Domains:       cfg.DomainSet(),
-		Timeout:       cfg.PublishTimeout,
-	}, a.Router, topics, a.relayProducer, a.Schemas, m, log).WithFallback(a.Fallback)
 
 	failed := store.NewFailedEvents(a.Pool, pg)
 	dlq := deadletter.New(deadletter.Config{
@@ -246,7 +230,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	a.closer.push(a.Subs.Close)
 
 	a.Events = store.NewEvents(a.Pool, pg)
-	a.Relay = outbox.New(a.Pool, relayPub, a.Registry, log)
+	a.Relay = outbox.New(a.Pool, pub, a.Registry, log)
 	a.Fallback.OnQueued = a.Relay.Kick
 	a.snapshots = store.NewSnapshotter(a.Events, int64(cfg.SnapshotEvery), log)
 	sagas, err := a.buildSagas(ctx, pub, m)
