@@ -26,7 +26,7 @@ import (
 	"github.com/eventgw/eventgw/internal/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m) }
 
 const tenant = "6f1c2a9e-8d1b-4a4e-9f0e-2b9c1d3e4f5a"
 

@@ -22,7 +22,7 @@ import (
 	"github.com/eventgw/eventgw/internal/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m) }
 
 const (
 	topic     = "healthtech.patient.events"

@@ -12,7 +12,7 @@ import (
 	"github.com/eventgw/eventgw/internal/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) { testenv.MainNoLeaks(m) }
 
 // Several sidecars starting at once on a new database: one applies the migrations, the
 // others wait for it and find nothing left to do.

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
+	"go.uber.org/goleak"
 
 	"github.com/eventgw/eventgw/internal/devstack"
 )
@@ -34,11 +35,29 @@ var (
 // Use it as: func TestMain(m *testing.M) { testenv.Main(m) }.
 func Main(m *testing.M) {
 	code := m.Run()
+	stopPostgres()
+	os.Exit(code)
+}
+
+// MainNoLeaks is Main for packages that start goroutines: after the tests, goroutines
+// still running (goleak.Find, less those opts ignore) fail the package.
+func MainNoLeaks(m *testing.M, opts ...goleak.Option) {
+	code := m.Run()
+	stopPostgres()
+	if code == 0 {
+		if err := goleak.Find(opts...); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: goroutines outlived the tests: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func stopPostgres() {
 	if pg != nil {
 		_ = pg.Stop()
 		_ = os.RemoveAll(pgDir)
 	}
-	os.Exit(code)
 }
 
 func adminDSN(t testing.TB) string {
