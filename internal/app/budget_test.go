@@ -313,4 +313,3 @@ func TestUnaryCallsShareABudget(t *testing.T) {
 		t.Errorf("%d records in Kafka, %d published", n, ok.Load()+1)
 	}
 }
-

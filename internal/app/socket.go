@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -23,7 +24,7 @@ func removeStaleSocket(path string) error {
 	if fi.Mode().Type() != os.ModeSocket {
 		return fmt.Errorf("--grpc-addr unix://%s: the path exists and is not a socket (%s); not removing it", path, fi.Mode().Type())
 	}
-	conn, err := net.DialTimeout("unix", path, time.Second)
+	conn, err := (&net.Dialer{Timeout: time.Second}).DialContext(context.Background(), "unix", path)
 	if err == nil {
 		_ = conn.Close()
 		return fmt.Errorf("--grpc-addr unix://%s: another process is listening on this socket", path)

@@ -30,8 +30,8 @@ type Topics struct {
 	admitted map[string]struct{}
 }
 
-// TooManyTopicsError: an event would go to a new topic, and the sidecar already uses
-// as many as --max-topics allows.
+// TooManyTopicsError means an event would go to a new topic while the sidecar already
+// uses as many as --max-topics allows.
 type TooManyTopicsError struct {
 	Topic string
 	Max   int
@@ -78,7 +78,7 @@ type topicsConn struct {
 	admin  sarama.ClusterAdmin
 }
 
-// ErrNotConnected: Kafka has not been reachable since the sidecar started.
+// ErrNotConnected means Kafka has not been reachable since the sidecar started.
 var ErrNotConnected = errors.New("kafka is not connected yet")
 
 // NewTopics uses client for metadata and admin requests.

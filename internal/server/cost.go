@@ -147,6 +147,7 @@ func valCost(fd protoreflect.FieldDescriptor, v protoreflect.Value) int64 {
 		return costString + int64(len(v.String()))
 	case protoreflect.BytesKind:
 		return costString + int64(len(v.Bytes()))
+	default: // numbers, bools, enums: in the message struct
+		return 0
 	}
-	return 0
 }

@@ -42,8 +42,8 @@ type pendingAppend struct {
 	size int64
 }
 
-// ErrAppendQueueFull: the appends waiting to be written hold as many bytes as the
-// appender may keep (--append-queue-bytes); nothing was written, retry.
+// ErrAppendQueueFull means the appends waiting to be written hold as many bytes as the
+// appender may keep (--append-queue-bytes): nothing was written; retry.
 var ErrAppendQueueFull = errors.New("the append queue is full")
 
 // NewAppender writes with at most `slots` statements at a time.

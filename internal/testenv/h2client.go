@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"io"
 	"net"
@@ -39,7 +40,7 @@ type H2Client struct {
 // DialH2 connects to a gRPC server at addr as a raw HTTP/2 client.
 func DialH2(t testing.TB, addr string) *H2Client {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
+	conn, err := (&net.Dialer{}).DialContext(context.Background(), "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,10 +129,15 @@ func (c *H2Client) Open(id uint32, method string) {
 	c.WMu.Unlock()
 	c.Write(func() error {
 		c.hbuf.Reset()
-		for _, f := range [][2]string{
-			{":method", "POST"}, {":scheme", "http"}, {":path", method}, {":authority", "sidecar"},
-			{"content-type", "application/grpc"}, {"te", "trailers"},
-		} {
+		fields := [][2]string{
+			{":method", "POST"},
+			{":scheme", "http"},
+			{":path", method},
+			{":authority", "sidecar"},
+			{"content-type", "application/grpc"},
+			{"te", "trailers"},
+		}
+		for _, f := range fields {
 			_ = c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 		}
 		return c.Fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true})
