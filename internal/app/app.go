@@ -102,6 +102,10 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 
 	a.brokers, a.registry, a.databaseURL = cfg.Brokers(), cfg.SchemaRegistryURL, cfg.DatabaseURL
 	a.tenants, _ = cfg.TenantList()
+	out, err := buildOutbound(&cfg.Security) // TLS, SASL, credentials from files
+	if err != nil {
+		return nil, err
+	}
 	if cfg.Dev {
 		ports, _ := cfg.DevPorts()
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -126,6 +130,9 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		return nil, fmt.Errorf("--database-url is not a valid PostgreSQL URL")
 	}
 	pcfg.MaxConns = int32(cfg.DBMaxConns)
+	if out.dbPassword != "" {
+		pcfg.ConnConfig.Password = out.dbPassword
+	}
 	// A server that hangs rather than refusing connections must fail calls too (and
 	// count on the PostgreSQL breaker), not only run into callers' deadlines.
 	if pcfg.ConnConfig.ConnectTimeout == 0 || pcfg.ConnConfig.ConnectTimeout > 5*time.Second {
@@ -170,6 +177,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		settings.Retention[d] = r
 	}
 	a.kcfg = kafka.ProducerConfig("eventgw-"+cfg.ServiceName, kafka.MaxMessageBytes(cfg.MaxEventBytes))
+	out.kafka.Apply(a.kcfg) // the producer's, and the admin's and health's client
 	topics := kafka.NewDetachedTopics(settings, log)
 	a.topics = topics
 	a.Producer = kafka.NewDetachedProducer(log)
@@ -188,7 +196,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	// Schema Registry. Unreachable, the sidecar starts with the schemas kept in
 	// PostgreSQL and re-seeds the registry when it answers (see Run).
 	a.Schemas = schema.NewRegistry(a.registry, a.Pool, log,
-		schema.WithBreaker(a.Breakers.Registry), schema.WithStoreOptions(pg))
+		append([]schema.Option{schema.WithBreaker(a.Breakers.Registry), schema.WithStoreOptions(pg)}, out.registry...)...)
 	a.closer.push(a.Schemas.Close)
 	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	err = a.Schemas.Load(lctx)
@@ -225,7 +233,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Brokers: a.brokers, ClientID: "eventgw-" + cfg.ServiceName, Service: cfg.ServiceName,
 		Router: a.Router, Topics: topics, Decoder: a.Schemas, DeadLetters: dlq, Metrics: m, Log: log,
 		MaxHeldBytes: cfg.SubscribeMaxHeldBytes, SessionTimeout: cfg.SubscribeSessionTimeout,
-		Tenants: tenantSet(a.tenants),
+		Tenants: tenantSet(a.tenants), Security: out.kafka,
 	})
 	a.closer.push(a.Subs.Close)
 

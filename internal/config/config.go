@@ -258,10 +258,7 @@ func (c *Config) Brokers() []string { return splitList(c.KafkaBrokers) }
 func (c *Config) Redacted(fs *flag.FlagSet) []string {
 	var out []string
 	fs.VisitAll(func(f *flag.Flag) {
-		v := f.Value.String()
-		if f.Name == "database-url" || f.Name == "schema-registry-url" {
-			v = RedactURL(v)
-		}
+		v := redactFlag(f.Name, f.Value.String()) // security.go
 		out = append(out, f.Name+"="+v)
 	})
 	sort.Strings(out)

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/eventgw/eventgw/internal/kafka"
 	"github.com/eventgw/eventgw/internal/validate"
 )
 
@@ -38,6 +40,40 @@ type Security struct {
 	GRPCSocketMode string
 	// GRPCLoopbackAddr is a second gRPC listener on loopback TCP (empty: none).
 	GRPCLoopbackAddr string
+
+	// Outbound: Kafka over TLS (--kafka-tls; CA roots and a client certificate from
+	// PEM files) and SASL; the Schema Registry with basic auth and TLS; PostgreSQL's
+	// password. Every secret can come from a file (a mounted Kubernetes Secret).
+	KafkaTLS                   bool
+	KafkaTLSCAFile             string
+	KafkaTLSCertFile           string
+	KafkaTLSKeyFile            string
+	KafkaSASLMechanism         string
+	KafkaSASLUsername          string
+	KafkaSASLPassword          string
+	KafkaSASLPasswordFile      string
+	SchemaRegistryUsername     string
+	SchemaRegistryPassword     string
+	SchemaRegistryPasswordFile string
+	SchemaRegistryCAFile       string
+	SchemaRegistryCertFile     string
+	SchemaRegistryKeyFile      string
+	DatabasePasswordFile       string
+}
+
+// secretFlags are the flags whose values are secrets: hidden wherever config is
+// printed.
+var secretFlags = map[string]bool{"kafka-sasl-password": true, "schema-registry-password": true}
+
+// redactFlag hides what a flag's value has of secrets.
+func redactFlag(name, v string) string {
+	switch {
+	case secretFlags[name] && v != "":
+		return "xxxxx"
+	case name == "database-url" || name == "schema-registry-url":
+		return RedactURL(v)
+	}
+	return v
 }
 
 func (s *Security) register(fs *flag.FlagSet) {
@@ -50,6 +86,21 @@ func (s *Security) register(fs *flag.FlagSet) {
 	fs.BoolVar(&s.AuthOpenReflection, "auth-open-reflection", false, "with --api-token-file: gRPC server reflection answers without the token")
 	fs.StringVar(&s.GRPCSocketMode, "grpc-socket-mode", "0600", "permissions of the unix socket of --grpc-addr, octal (0660: the socket's group may call too)")
 	fs.StringVar(&s.GRPCLoopbackAddr, "grpc-loopback-addr", "", "a second gRPC listener on a loopback address, such as 127.0.0.1:50051 beside a unix socket --grpc-addr (empty: none)")
+	fs.BoolVar(&s.KafkaTLS, "kafka-tls", false, "connect to Kafka over TLS (the system's CA roots unless --kafka-tls-ca-file)")
+	fs.StringVar(&s.KafkaTLSCAFile, "kafka-tls-ca-file", "", "with --kafka-tls: PEM CA certificates that sign the brokers' certificates")
+	fs.StringVar(&s.KafkaTLSCertFile, "kafka-tls-cert-file", "", "with --kafka-tls: PEM client certificate for brokers that ask for one (mTLS)")
+	fs.StringVar(&s.KafkaTLSKeyFile, "kafka-tls-key-file", "", "with --kafka-tls-cert-file: its PEM private key")
+	fs.StringVar(&s.KafkaSASLMechanism, "kafka-sasl-mechanism", "", "SASL authentication to Kafka: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (empty: none); use PLAIN only with --kafka-tls")
+	fs.StringVar(&s.KafkaSASLUsername, "kafka-sasl-username", "", "SASL user name")
+	fs.StringVar(&s.KafkaSASLPassword, "kafka-sasl-password", "", "SASL password (prefer --kafka-sasl-password-file or EVENTGW_KAFKA_SASL_PASSWORD: a flag shows in the process list)")
+	fs.StringVar(&s.KafkaSASLPasswordFile, "kafka-sasl-password-file", "", "file holding the SASL password")
+	fs.StringVar(&s.SchemaRegistryUsername, "schema-registry-username", "", "Schema Registry basic-auth user (or user:password in --schema-registry-url)")
+	fs.StringVar(&s.SchemaRegistryPassword, "schema-registry-password", "", "Schema Registry basic-auth password (prefer --schema-registry-password-file)")
+	fs.StringVar(&s.SchemaRegistryPasswordFile, "schema-registry-password-file", "", "file holding the Schema Registry password")
+	fs.StringVar(&s.SchemaRegistryCAFile, "schema-registry-ca-file", "", "PEM CA certificates that sign an https Schema Registry's certificate (default: the system's roots)")
+	fs.StringVar(&s.SchemaRegistryCertFile, "schema-registry-cert-file", "", "PEM client certificate for a Schema Registry that asks for one (mTLS)")
+	fs.StringVar(&s.SchemaRegistryKeyFile, "schema-registry-key-file", "", "with --schema-registry-cert-file: its PEM private key")
+	fs.StringVar(&s.DatabasePasswordFile, "database-password-file", "", "file holding PostgreSQL's password, used instead of one in --database-url (whose sslmode, sslrootcert, sslcert and sslkey are passed to the driver as they are)")
 	fs.StringVar(&s.Tenants, "tenants", "", "tenant allow-list: comma-separated tenant UUIDs this sidecar serves; a call naming another tenant is refused with PERMISSION_DENIED and Subscribe skips other tenants' events (empty: any tenant)")
 }
 
@@ -70,6 +121,7 @@ func (s *Security) validate() []error {
 	if s.GRPCLoopbackAddr != "" && !isLoopback(s.GRPCLoopbackAddr) {
 		errs = append(errs, fmt.Errorf("--grpc-loopback-addr must be a loopback address (127.0.0.1:<port>, [::1]:<port> or localhost:<port>)"))
 	}
+	errs = append(errs, s.validateOutbound()...)
 	if (s.AuthOpenHealth || s.AuthOpenReflection) && s.APITokenFile == "" {
 		errs = append(errs, errors.New("--auth-open-health and --auth-open-reflection need --api-token-file (without it every call is open)"))
 	}
@@ -117,8 +169,43 @@ func (s *Security) TenantList() ([]string, error) {
 // from other hosts is TLS unless plaintext was asked for.
 func (c *Config) validateSecurity() []error {
 	errs := c.Security.validate()
+	if u, err := url.Parse(c.SchemaRegistryURL); err == nil && u.User != nil && c.SchemaRegistryUsername != "" {
+		errs = append(errs, errors.New("give the Schema Registry's credentials in --schema-registry-url or in --schema-registry-username, not both"))
+	}
+	if c.Dev && (c.KafkaTLS || c.KafkaSASLMechanism != "") {
+		errs = append(errs, errors.New("--kafka-tls and --kafka-sasl-mechanism are for a real Kafka: the --dev stack is plaintext"))
+	}
 	if NeedsTLS(c.GRPCAddr) && c.TLSCert == "" && !c.GRPCInsecureListen {
 		errs = append(errs, fmt.Errorf("--grpc-addr %s is not loopback or a unix socket: give --tls-cert and --tls-key (and --tls-client-ca for mTLS), or --grpc-insecure-listen for plaintext on a trusted network", c.GRPCAddr))
+	}
+	return errs
+}
+
+func (s *Security) validateOutbound() []error {
+	var errs []error
+	if !s.KafkaTLS && (s.KafkaTLSCAFile != "" || s.KafkaTLSCertFile != "") {
+		errs = append(errs, errors.New("--kafka-tls-ca-file and --kafka-tls-cert-file need --kafka-tls"))
+	}
+	if (s.KafkaTLSCertFile == "") != (s.KafkaTLSKeyFile == "") {
+		errs = append(errs, errors.New("--kafka-tls-cert-file and --kafka-tls-key-file go together"))
+	}
+	mech, err := kafka.ParseSASLMechanism(s.KafkaSASLMechanism)
+	switch {
+	case err != nil:
+		errs = append(errs, fmt.Errorf("--kafka-sasl-mechanism: %w", err))
+	case mech == "" && (s.KafkaSASLUsername != "" || s.KafkaSASLPassword != "" || s.KafkaSASLPasswordFile != ""):
+		errs = append(errs, errors.New("--kafka-sasl-username and the password need --kafka-sasl-mechanism"))
+	case mech != "" && (s.KafkaSASLUsername == "" || (s.KafkaSASLPassword == "") == (s.KafkaSASLPasswordFile == "")):
+		errs = append(errs, errors.New("--kafka-sasl-mechanism needs --kafka-sasl-username and one of --kafka-sasl-password and --kafka-sasl-password-file"))
+	}
+	if s.SchemaRegistryPassword != "" && s.SchemaRegistryPasswordFile != "" {
+		errs = append(errs, errors.New("give one of --schema-registry-password and --schema-registry-password-file"))
+	}
+	if (s.SchemaRegistryUsername == "") != (s.SchemaRegistryPassword == "" && s.SchemaRegistryPasswordFile == "") {
+		errs = append(errs, errors.New("--schema-registry-username and a password (--schema-registry-password or --schema-registry-password-file) go together"))
+	}
+	if (s.SchemaRegistryCertFile == "") != (s.SchemaRegistryKeyFile == "") {
+		errs = append(errs, errors.New("--schema-registry-cert-file and --schema-registry-key-file go together"))
 	}
 	return errs
 }

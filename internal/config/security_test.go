@@ -1,6 +1,7 @@
 package config
 
 import (
+	"flag"
 	"slices"
 	"strings"
 	"testing"
@@ -60,5 +61,60 @@ func TestListenerSecurityFlags(t *testing.T) {
 		case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad)):
 			t.Errorf("%v: %v, want an error naming %s", tc.args, err, tc.bad)
 		}
+	}
+}
+
+func TestOutboundFlags(t *testing.T) {
+	real := []string{"--dev=false", "--kafka-brokers=k:9093", "--schema-registry-url=https://sr:8081", "--database-url=postgres://gw@db/gw?sslmode=verify-full"}
+	for _, tc := range []struct {
+		args []string
+		bad  string
+	}{
+		{[]string{"--kafka-tls", "--kafka-tls-ca-file=ca.pem", "--kafka-sasl-mechanism=scram-sha-512", "--kafka-sasl-username=gw", "--kafka-sasl-password-file=/s/p"}, ""},
+		{[]string{"--kafka-sasl-mechanism=PLAIN", "--kafka-sasl-username=gw", "--kafka-sasl-password=p"}, ""},
+		{[]string{"--kafka-tls", "--kafka-tls-cert-file=c.pem", "--kafka-tls-key-file=k.pem"}, ""},
+		{[]string{"--kafka-tls-ca-file=ca.pem"}, "--kafka-tls"},
+		{[]string{"--kafka-tls", "--kafka-tls-cert-file=c.pem"}, "--kafka-tls-key-file"},
+		{[]string{"--kafka-sasl-mechanism=GSSAPI", "--kafka-sasl-username=gw", "--kafka-sasl-password=p"}, "--kafka-sasl-mechanism"},
+		{[]string{"--kafka-sasl-mechanism=PLAIN", "--kafka-sasl-username=gw"}, "--kafka-sasl-password"},
+		{[]string{"--kafka-sasl-mechanism=PLAIN", "--kafka-sasl-username=gw", "--kafka-sasl-password=p", "--kafka-sasl-password-file=f"}, "--kafka-sasl-password"},
+		{[]string{"--kafka-sasl-username=gw", "--kafka-sasl-password=p"}, "--kafka-sasl-mechanism"},
+		{[]string{"--schema-registry-username=gw", "--schema-registry-password-file=/s/r", "--schema-registry-ca-file=ca.pem"}, ""},
+		{[]string{"--schema-registry-username=gw"}, "--schema-registry-username"},
+		{[]string{"--schema-registry-password=p"}, "--schema-registry-username"},
+		{[]string{"--schema-registry-url=https://u:p@sr:8081", "--schema-registry-username=gw", "--schema-registry-password=p"}, "not both"},
+		{[]string{"--schema-registry-cert-file=c.pem"}, "--schema-registry-key-file"},
+		{[]string{"--database-password-file=/s/db"}, ""},
+	} {
+		c := devConfig(t, append(append([]string{}, real...), tc.args...)...)
+		err := c.Validate()
+		switch {
+		case tc.bad == "" && err != nil:
+			t.Errorf("%v: %v", tc.args, err)
+		case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad)):
+			t.Errorf("%v: %v, want an error naming %s", tc.args, err, tc.bad)
+		}
+	}
+	if c := devConfig(t, "--kafka-tls"); c.Validate() == nil {
+		t.Error("--kafka-tls with --dev accepted")
+	}
+}
+
+// TestRedactedHidesSecrets: printed config shows no password, whether in a flag or in
+// a URL.
+func TestRedactedHidesSecrets(t *testing.T) {
+	var c Config
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	c.Register(fs)
+	if err := Parse(fs, []string{"--dev", "--kafka-sasl-password=secret-1", "--schema-registry-password=secret-2",
+		"--schema-registry-url=https://u:secret-3@sr:8081", "--database-url=postgres://u:secret-4@db/gw?sslmode=require"}); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Join(c.Redacted(fs), "\n")
+	if strings.Contains(out, "secret") {
+		t.Errorf("Redacted shows a secret:\n%s", out)
+	}
+	if !strings.Contains(out, "sslmode=require") {
+		t.Error("Redacted hides more than the password of the database URL")
 	}
 }

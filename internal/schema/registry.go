@@ -148,6 +148,7 @@ type registryOptions struct {
 	retry     resilience.RetryPolicy
 	timeout   time.Duration
 	storeOpts []store.Option
+	security  registrySecurity // security.go
 }
 
 // WithBreaker guards registry calls with b (NewBreaker); nil means no breaker.
@@ -185,7 +186,7 @@ func NewRegistry(url string, pool *pgxpool.Pool, log *zap.Logger, opts ...Option
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	return &Registry{
-		url: url, shownURL: shown, refBase: refBase, transport: tr, timeout: o.timeout, breaker: o.breaker, retry: o.retry,
+		url: url, shownURL: shown, refBase: refBase, transport: o.security.transport(tr), timeout: o.timeout, breaker: o.breaker, retry: o.retry,
 		schemas: store.NewSchemas(pool, o.storeOpts...), log: log,
 		byType: map[string]*Schema{}, byID: map[int]avro.Schema{},
 	}

@@ -51,6 +51,8 @@ type Config struct {
 	// Tenants are the tenants whose events are delivered, canonical UUIDs (nil: any);
 	// other tenants' events are committed without being delivered (servesTenant).
 	Tenants map[string]bool
+	// Security is the consumers' TLS and SASL (nil: plaintext).
+	Security *kafka.Security
 }
 
 // Manager runs the sidecar's Subscribe streams and routes Ack and Nack to them.
@@ -125,6 +127,7 @@ func (m *Manager) consumerConfig(o *Options) *sarama.Config {
 	c.Consumer.Group.Session.Timeout = m.cfg.SessionTimeout
 	c.Consumer.Group.Heartbeat.Interval = max(m.cfg.SessionTimeout/10, 100*time.Millisecond)
 	c.Consumer.Group.Rebalance.Timeout = 30 * time.Second
+	m.cfg.Security.Apply(c)
 	return c
 }
 
