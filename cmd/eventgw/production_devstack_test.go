@@ -71,7 +71,12 @@ func TestDevstackSharedBySidecars(t *testing.T) {
 		}
 	}
 	brokers := strings.Split(settings["EVENTGW_KAFKA_BROKERS"], ",")
+	// stderr is written before stdout but copied from its own pipe: give it a moment.
 	for _, want := range []string{"Kafka brokers", "Schema Registry", "PostgreSQL", settings["EVENTGW_SCHEMA_REGISTRY_URL"]} {
+		until := time.Now().Add(10 * time.Second)
+		for !strings.Contains(stderr.String(), want) && time.Now().Before(until) {
+			time.Sleep(20 * time.Millisecond)
+		}
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("devstack's stderr does not say %q:\n%s", want, stderr.String())
 		}
