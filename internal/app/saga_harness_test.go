@@ -130,7 +130,8 @@ func startWorker(t *testing.T, conn *grpc.ClientConn, o workerOpts, handle func(
 func (w *worker) stop() {
 	w.cancel()
 	select {
-	case <-w.done:
+	case err := <-w.done:
+		_ = err // the stream's end, whatever it says
 	case <-time.After(10 * time.Second):
 		w.t.Error("worker stream did not end")
 	}

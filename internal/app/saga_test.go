@@ -71,6 +71,7 @@ func kindWord(k eventgwv1.TaskKind) string {
 		return "action"
 	case eventgwv1.TaskKind_TASK_KIND_COMPENSATION:
 		return "compensation"
+	case eventgwv1.TaskKind_TASK_KIND_UNSPECIFIED:
 	}
 	return "-"
 }
@@ -184,8 +185,10 @@ func TestSagaAdmission(t *testing.T) {
 		}
 
 		// Another service follows the saga with Subscribe (domain "saga").
-		u := subscribeTo(t, s, &eventgwv1.SubscribeRequest{Subscription: "admission-follower", Topics: []string{"saga"},
-			StartPosition: eventgwv1.StartPosition_START_POSITION_EARLIEST, PayloadAsJson: true})
+		u := subscribeTo(t, s, &eventgwv1.SubscribeRequest{
+			Subscription: "admission-follower", Topics: []string{"saga"},
+			StartPosition: eventgwv1.StartPosition_START_POSITION_EARLIEST, PayloadAsJson: true,
+		})
 		var followed []string
 		for len(followed) < len(want) {
 			d := u.next(1, 30*time.Second)[0]
@@ -328,8 +331,10 @@ func TestSagaRetriesTimeoutsAndCompensationFailure(t *testing.T) {
 			t.Errorf("attempt 2 was ready at %v, before attempt 1's deadline %v", calls[1].ReadyAt, first.Deadline)
 		}
 		before := getSaga(t, client, tenant, sg.GetSagaId())
-		_, err := client.CompleteTask(callCtx(t), &eventgwv1.CompleteTaskRequest{TaskId: first.TaskID,
-			Result: &eventgwv1.CompleteTaskRequest_OutputJson{OutputJson: []byte(`{"late":true}`)}})
+		_, err := client.CompleteTask(callCtx(t), &eventgwv1.CompleteTaskRequest{
+			TaskId: first.TaskID,
+			Result: &eventgwv1.CompleteTaskRequest_OutputJson{OutputJson: []byte(`{"late":true}`)},
+		})
 		if status.Code(err) != codes.FailedPrecondition {
 			t.Fatalf("late CompleteTask: %v, want FailedPrecondition", err)
 		}
@@ -402,8 +407,10 @@ func TestSagaStartIsIdempotentAndVersioned(t *testing.T) {
 		t.Fatalf("identical re-registration: %v", r)
 	}
 	start := func(tenant, key, workflow string) (*eventgwv1.StartSagaResponse, error) {
-		return client.StartSaga(ctx, &eventgwv1.StartSagaRequest{WorkflowId: workflow, TenantId: tenant, IdempotencyKey: key,
-			InitialContext: &eventgwv1.StartSagaRequest_ContextJson{ContextJson: []byte(`{"n":1}`)}})
+		return client.StartSaga(ctx, &eventgwv1.StartSagaRequest{
+			WorkflowId: workflow, TenantId: tenant, IdempotencyKey: key,
+			InitialContext: &eventgwv1.StartSagaRequest_ContextJson{ContextJson: []byte(`{"n":1}`)},
+		})
 	}
 	a, err := start(tenantA, "admit-p-123-2026-11-01", "idem-wf")
 	if err != nil || !a.GetCreated() {
@@ -565,10 +572,14 @@ func TestSagaBadInputAndTenants(t *testing.T) {
 	}{
 		{"bad tenant", &eventgwv1.StartSagaRequest{WorkflowId: "bad-wf", TenantId: "tenant-1"}, "tenant_id"},
 		{"no workflow", &eventgwv1.StartSagaRequest{TenantId: tenantA}, "workflow_id"},
-		{"context not an object", &eventgwv1.StartSagaRequest{WorkflowId: "bad-wf", TenantId: tenantA,
-			InitialContext: &eventgwv1.StartSagaRequest_ContextJson{ContextJson: []byte(`[1]`)}}, "context_json"},
-		{"context too big", &eventgwv1.StartSagaRequest{WorkflowId: "bad-wf", TenantId: tenantA,
-			InitialContext: &eventgwv1.StartSagaRequest_ContextJson{ContextJson: []byte(`{"x":"` + big + `"}`)}}, "context_json"},
+		{"context not an object", &eventgwv1.StartSagaRequest{
+			WorkflowId: "bad-wf", TenantId: tenantA,
+			InitialContext: &eventgwv1.StartSagaRequest_ContextJson{ContextJson: []byte(`[1]`)},
+		}, "context_json"},
+		{"context too big", &eventgwv1.StartSagaRequest{
+			WorkflowId: "bad-wf", TenantId: tenantA,
+			InitialContext: &eventgwv1.StartSagaRequest_ContextJson{ContextJson: []byte(`{"x":"` + big + `"}`)},
+		}, "context_json"},
 		{"key with control characters", &eventgwv1.StartSagaRequest{WorkflowId: "bad-wf", TenantId: tenantA, IdempotencyKey: "a\x00b"}, "idempotency_key"},
 		{"key too long", &eventgwv1.StartSagaRequest{WorkflowId: "bad-wf", TenantId: tenantA, IdempotencyKey: strings.Repeat("k", 256)}, "idempotency_key"},
 	}

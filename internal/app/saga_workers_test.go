@@ -77,8 +77,10 @@ func TestSagaWorkerProcess(t *testing.T) {
 				rec := workerRecord{PID: os.Getpid(), Saga: task.GetSagaId(), Step: task.GetStepId(), Attempt: task.GetAttempt(), Start: time.Now()}
 				time.Sleep(5 * time.Millisecond)
 				rec.Sent = time.Now()
-				_, err := client.CompleteTask(ctx, &eventgwv1.CompleteTaskRequest{TaskId: task.GetTaskId(),
-					Result: &eventgwv1.CompleteTaskRequest_OutputJson{OutputJson: []byte(`{"` + task.GetStepId() + `_by":` + strconv.Itoa(os.Getpid()) + `}`)}})
+				_, err := client.CompleteTask(ctx, &eventgwv1.CompleteTaskRequest{
+					TaskId: task.GetTaskId(),
+					Result: &eventgwv1.CompleteTaskRequest_OutputJson{OutputJson: []byte(`{"` + task.GetStepId() + `_by":` + strconv.Itoa(os.Getpid()) + `}`)},
+				})
 				rec.End, rec.Accepted = time.Now(), err == nil
 				mu.Lock()
 				_ = out.Encode(rec)

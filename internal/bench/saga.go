@@ -188,8 +188,10 @@ func (b *sagaBench) worker(ctx context.Context, i int, ready chan<- error) {
 				if t.GetAction() != "notify_ward_staff" {
 					b.sent.Store(t.GetSagaId(), time.Now())
 				}
-				_, err := client.CompleteTask(ctx, &eventgwv1.CompleteTaskRequest{TaskId: t.GetTaskId(),
-					Result: &eventgwv1.CompleteTaskRequest_OutputJson{OutputJson: benchOutputs[t.GetAction()]}})
+				_, err := client.CompleteTask(ctx, &eventgwv1.CompleteTaskRequest{
+					TaskId: t.GetTaskId(),
+					Result: &eventgwv1.CompleteTaskRequest_OutputJson{OutputJson: benchOutputs[t.GetAction()]},
+				})
 				switch {
 				case err != nil && ctx.Err() == nil:
 					b.errors.Add(1)
@@ -249,8 +251,10 @@ func (b *sagaBench) scenario(ctx context.Context, d time.Duration, rate float64)
 	sctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	start := func(i int) {
-		_, err := b.clients[i%len(b.clients)].StartSaga(sctx, &eventgwv1.StartSagaRequest{WorkflowId: "bench-admission", TenantId: b.tenant,
-			InitialContext: &eventgwv1.StartSagaRequest_ContextJson{ContextJson: []byte(`{"patient_id":"p-123","ward_id":"w-12"}`)}})
+		_, err := b.clients[i%len(b.clients)].StartSaga(sctx, &eventgwv1.StartSagaRequest{
+			WorkflowId: "bench-admission", TenantId: b.tenant,
+			InitialContext: &eventgwv1.StartSagaRequest_ContextJson{ContextJson: []byte(`{"patient_id":"p-123","ward_id":"w-12"}`)},
+		})
 		if err != nil {
 			if sctx.Err() == nil {
 				b.errors.Add(1)
@@ -309,8 +313,10 @@ func (b *sagaBench) scenario(ctx context.Context, d time.Duration, rate float64)
 	// Let the sagas started finish before the next scenario.
 	drainBy := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := b.clients[0].ListSagas(ctx, &eventgwv1.ListSagasRequest{TenantId: b.tenant, PageSize: 1,
-			States: []eventgwv1.SagaState{eventgwv1.SagaState_SAGA_STATE_RUNNING}})
+		resp, err := b.clients[0].ListSagas(ctx, &eventgwv1.ListSagasRequest{
+			TenantId: b.tenant, PageSize: 1,
+			States: []eventgwv1.SagaState{eventgwv1.SagaState_SAGA_STATE_RUNNING},
+		})
 		if err != nil {
 			return sagaResult{}, err
 		}

@@ -70,7 +70,7 @@ var (
 	errNotExpired = errors.New("the task's deadline has not passed")
 )
 
-// EndedError: the saga has ended, the change is refused.
+// EndedError says that the saga has ended: the change is refused.
 type EndedError struct{ State string }
 
 func (e *EndedError) Error() string { return "the saga has ended (" + e.State + ")" }

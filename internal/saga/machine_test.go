@@ -290,8 +290,13 @@ func TestBackoff(t *testing.T) {
 		r    float64
 		want time.Duration
 	}{
-		{1, 0.5, time.Second}, {2, 0.5, 2 * time.Second}, {3, 0.5, 4 * time.Second}, {4, 0.5, 5 * time.Second},
-		{1, 0, 800 * time.Millisecond}, {1, 0.999999, 1200 * time.Millisecond}, {10, 0, 4 * time.Second},
+		{1, 0.5, time.Second},
+		{2, 0.5, 2 * time.Second},
+		{3, 0.5, 4 * time.Second},
+		{4, 0.5, 5 * time.Second},
+		{1, 0, 800 * time.Millisecond},
+		{1, 0.999999, 1200 * time.Millisecond},
+		{10, 0, 4 * time.Second},
 	} {
 		if got := p.Backoff(c.n, c.r).Round(time.Millisecond); got != c.want {
 			t.Errorf("retry %d, r %v: %v, want %v", c.n, c.r, got, c.want)

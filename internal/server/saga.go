@@ -285,7 +285,7 @@ func (s *SagaService) PollTasks(req *eventgwv1.PollTasksRequest, stream eventgwv
 		return stream.Send(resp)
 	})
 	if errors.Is(err, context.Canceled) && stream.Context().Err() != nil {
-		return nil // the worker ended its stream
+		return nil //nolint:nilerr // the worker ended its stream: not a failed call
 	}
 	return sagaError(err)
 }

@@ -199,13 +199,6 @@ func timeOf(t *time.Time) time.Time {
 	return *t
 }
 
-func stringOf(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
-}
-
 // insertSagasSQL inserts sagas, their first steps and their events in one statement
 // (and transaction). A saga is not inserted when its workflow version is no longer the
 // latest, or when its tenant already has a saga with its idempotency key (the rows are
@@ -342,7 +335,7 @@ func (s *Sagas) InsertSagas(ctx context.Context, ns []NewSaga) ([]Inserted, erro
 	if len(out) != n {
 		return nil, fmt.Errorf("insert sagas: %d answers for %d sagas", len(out), n)
 	}
-	for i := range out {
+	for i := range ns {
 		if r := &out[i]; r.Err == nil && !r.Created && !r.Stale {
 			// The key is taken; the saga that holds it is committed (the unique index
 			// waited for it).
@@ -353,7 +346,6 @@ func (s *Sagas) InsertSagas(ctx context.Context, ns []NewSaga) ([]Inserted, erro
 	}
 	return out, nil
 }
-
 
 const sagaColumns = `saga_id, tenant_id, workflow_id, workflow_version, state, current_step, context,
 	coalesce(idempotency_key, ''), cancel_requested, error_type, error_message, coalesce(failed_step, -1),
@@ -384,9 +376,11 @@ type stepScan struct {
 
 func (sc *stepScan) dest() []any {
 	st := sc.st
-	return []any{&st.Index, &st.Status, &st.Attempt, &st.CompAttempt, &sc.task, &st.TaskState, &st.TaskKind,
+	return []any{
+		&st.Index, &st.Status, &st.Attempt, &st.CompAttempt, &sc.task, &st.TaskState, &st.TaskKind,
 		&st.Queue, &st.TimeoutMS, &sc.ready, &sc.deadline, &st.WorkerID, &st.Output, &st.ErrorType, &st.ErrorMessage,
-		&sc.sched, &sc.started, &sc.finished, &sc.compSched, &sc.compensated}
+		&sc.sched, &sc.started, &sc.finished, &sc.compSched, &sc.compensated,
+	}
 }
 
 func (sc *stepScan) finish() {
@@ -751,13 +745,6 @@ func secondsOr(s *float64) time.Duration {
 		return NoneWaiting
 	}
 	return time.Duration(*s * float64(time.Second))
-}
-
-func failedStep(i int) *int {
-	if i < 0 {
-		return nil
-	}
-	return &i
 }
 
 // ClaimedTask is a task a claim leased, with what its message needs.

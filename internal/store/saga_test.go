@@ -20,8 +20,10 @@ func insertReady(t *testing.T, s *store.Sagas, wf string, n int, queue string, t
 	t.Helper()
 	var tasks []string
 	for range n {
-		sg := &store.SagaRow{ID: uuid.Must(uuid.NewV7()).String(), TenantID: uuid.NewString(), WorkflowID: wf, WorkflowVersion: 1,
-			State: "RUNNING", Context: []byte(`{"k":1}`)}
+		sg := &store.SagaRow{
+			ID: uuid.Must(uuid.NewV7()).String(), TenantID: uuid.NewString(), WorkflowID: wf, WorkflowVersion: 1,
+			State: "RUNNING", Context: []byte(`{"k":1}`),
+		}
 		first := &store.SagaStepRow{Status: "RUNNING", TaskID: uuid.NewString(), Queue: queue, TimeoutMS: timeoutMS}
 		ins, err := s.InsertSaga(context.Background(), sg, first, []store.SagaEvent{{ID: uuid.NewString(), Type: "saga.started", Data: []byte(`{}`)}})
 		if err != nil || !ins.Created {
