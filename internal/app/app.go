@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -71,6 +72,7 @@ type App struct {
 	registry    string
 	databaseURL string
 	tenants     []string // --tenants (nil: any tenant)
+	tracer      trace.Tracer
 }
 
 type closeStack []func() error
@@ -104,6 +106,9 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	a.tenants, _ = cfg.TenantList()
 	out, err := buildOutbound(&cfg.Security) // TLS, SASL, credentials from files
 	if err != nil {
+		return nil, err
+	}
+	if err := a.startTracing(ctx); err != nil {
 		return nil, err
 	}
 	if cfg.Dev {
@@ -233,7 +238,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 		Brokers: a.brokers, ClientID: "eventgw-" + cfg.ServiceName, Service: cfg.ServiceName,
 		Router: a.Router, Topics: topics, Decoder: a.Schemas, DeadLetters: dlq, Metrics: m, Log: log,
 		MaxHeldBytes: cfg.SubscribeMaxHeldBytes, SessionTimeout: cfg.SubscribeSessionTimeout,
-		Tenants: tenantSet(a.tenants), Security: out.kafka,
+		Tenants: tenantSet(a.tenants), Security: out.kafka, Tracer: a.tracer,
 	})
 	a.closer.push(a.Subs.Close)
 

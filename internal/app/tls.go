@@ -158,7 +158,7 @@ func readSecret(flag, file string) ([]byte, error) {
 
 // access builds the token check and the tenant allow-list.
 func (a *App) access() (server.Access, error) {
-	acc := server.Access{Tenants: server.NewTenants(a.tenants)}
+	acc := server.Access{Tracing: server.NewTracing(a.tracer), Tenants: server.NewTenants(a.tenants)}
 	if a.cfg.APITokenFile == "" {
 		return acc, nil
 	}

@@ -59,6 +59,11 @@ type Security struct {
 	SchemaRegistryCertFile     string
 	SchemaRegistryKeyFile      string
 	DatabasePasswordFile       string
+
+	// OTLPEndpoint, when set, exports OpenTelemetry spans over OTLP/gRPC there
+	// (host:port); OTLPInsecure sends them in plaintext (a collector on loopback).
+	OTLPEndpoint string
+	OTLPInsecure bool
 }
 
 // secretFlags are the flags whose values are secrets: hidden wherever config is
@@ -101,6 +106,8 @@ func (s *Security) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.SchemaRegistryCertFile, "schema-registry-cert-file", "", "PEM client certificate for a Schema Registry that asks for one (mTLS)")
 	fs.StringVar(&s.SchemaRegistryKeyFile, "schema-registry-key-file", "", "with --schema-registry-cert-file: its PEM private key")
 	fs.StringVar(&s.DatabasePasswordFile, "database-password-file", "", "file holding PostgreSQL's password, used instead of one in --database-url (whose sslmode, sslrootcert, sslcert and sslkey are passed to the driver as they are)")
+	fs.StringVar(&s.OTLPEndpoint, "otlp-endpoint", "", "export OpenTelemetry spans (publish, append, relay, deliveries) over OTLP/gRPC to this host:port, such as 127.0.0.1:4317 (empty: off; a caller's traceparent still passes through to Kafka and deliveries)")
+	fs.BoolVar(&s.OTLPInsecure, "otlp-insecure", false, "send spans to --otlp-endpoint in plaintext (a collector on loopback or in the pod) instead of TLS")
 	fs.StringVar(&s.Tenants, "tenants", "", "tenant allow-list: comma-separated tenant UUIDs this sidecar serves; a call naming another tenant is refused with PERMISSION_DENIED and Subscribe skips other tenants' events (empty: any tenant)")
 }
 

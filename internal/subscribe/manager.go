@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
@@ -53,6 +54,8 @@ type Config struct {
 	Tenants map[string]bool
 	// Security is the consumers' TLS and SASL (nil: plaintext).
 	Security *kafka.Security
+	// Tracer, when set, makes delivery spans (tracing.go).
+	Tracer trace.Tracer
 }
 
 // Manager runs the sidecar's Subscribe streams and routes Ack and Nack to them.
@@ -275,6 +278,7 @@ func (s *stream) sender(send Send) error {
 			}
 			resp := &eventgwv1.SubscribeResponse{Deliveries: make([]*eventgwv1.Delivery, 0, len(buf))}
 			idBuf := make([]byte, 0, 24*len(buf))
+			var spans []trace.Span
 			for _, t := range buf {
 				start := len(idBuf)
 				idBuf = s.m.appendID(idBuf, s.num, t.seq, t.attempt)
@@ -285,11 +289,16 @@ func (s *stream) sender(send Send) error {
 					s.undeliverable(t, err)
 					continue
 				}
+				if sp := s.traceDelivery(t.rec, d); sp != nil {
+					spans = append(spans, sp)
+				}
 				resp.Deliveries = append(resp.Deliveries, d)
 			}
 			clear(buf)
 			if len(resp.Deliveries) > 0 {
-				if err := send(resp); err != nil {
+				err := send(resp)
+				endDeliveries(spans, err)
+				if err != nil {
 					return err
 				}
 			}

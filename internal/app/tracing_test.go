@@ -1,0 +1,114 @@
+package app_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/metadata"
+
+	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/testenv"
+)
+
+// spanNamed answers the ended span named name whose parent is parent.
+func spanNamed(rec *tracetest.SpanRecorder, name string, parent trace.SpanID) sdktrace.ReadOnlySpan {
+	for _, s := range rec.Ended() {
+		if s.Name() == name && s.Parent().SpanID() == parent {
+			return s
+		}
+	}
+	return nil
+}
+
+// traceparentOf parses a traceparent header value.
+func traceparentOf(t *testing.T, v string) (trace.TraceID, trace.SpanID) {
+	t.Helper()
+	parts := strings.Split(v, "-")
+	if len(parts) != 4 {
+		t.Fatalf("traceparent %q", v)
+	}
+	tid, err1 := trace.TraceIDFromHex(parts[1])
+	sid, err2 := trace.SpanIDFromHex(parts[2])
+	if err1 != nil || err2 != nil {
+		t.Fatalf("traceparent %q: %v %v", v, err1, err2)
+	}
+	return tid, sid
+}
+
+// TestTraceContextPropagation: a caller's traceparent and tracestate (gRPC metadata)
+// reach Kafka as ce_traceparent and ce_tracestate and come back out on deliveries,
+// and the spans chain: the caller's span → the Publish (or AppendEvents) server span,
+// whose context the Kafka header carries → the delivery span, whose context the
+// delivery carries. Spans are recorded with the SDK's in-memory recorder (the global
+// provider: no --otlp-endpoint).
+func TestTraceContextPropagation(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	prev := otel.GetTracerProvider()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	otel.SetTracerProvider(tp)
+	t.Cleanup(func() { otel.SetTracerProvider(prev); _ = tp.Shutdown(callCtx(t)) })
+
+	s := startSidecar(t, nil)
+	const caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	callerTrace, callerSpan := traceparentOf(t, caller)
+	ctx := metadata.AppendToOutgoingContext(callCtx(t), "traceparent", caller, "tracestate", "clinic=7")
+
+	sub := subscribeTo(t, s, &eventgwv1.SubscribeRequest{Subscription: "traced", Topics: []string{"patient"},
+		StartPosition: eventgwv1.StartPosition_START_POSITION_EARLIEST, Ordering: eventgwv1.Ordering_ORDERING_NONE})
+	sub.waitAssigned(12)
+	res, err := s.events.Publish(ctx, &eventgwv1.PublishRequest{Event: patientEvent(tenantA)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agg := uuid.NewString()
+	app, err := s.store.AppendEvents(ctx, appendReq(tenantA, agg, noStream, newEv(t, "patient.created", map[string]any{"x": 1.0})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishSpan := spanNamed(rec, "eventgw.v1.EventService/Publish", callerSpan)
+	appendSpan := spanNamed(rec, "eventgw.v1.EventStoreService/AppendEvents", callerSpan)
+	if publishSpan == nil || appendSpan == nil || !publishSpan.Parent().IsRemote() || publishSpan.SpanContext().TraceID() != callerTrace {
+		t.Fatalf("server spans of Publish (%v) and AppendEvents (%v) are not the caller's children", publishSpan, appendSpan)
+	}
+	want := map[string]trace.SpanID{ // event id → the span its Kafka header names
+		res.GetResult().GetEventId(): publishSpan.SpanContext().SpanID(),
+		app.GetEventIds()[0]:         appendSpan.SpanContext().SpanID(),
+	}
+
+	eventually(t, 20*time.Second, "both events in Kafka", func() bool { return topicCount(t, s.kafka.Brokers, "healthtech.patient.events") == 2 })
+	for _, r := range testenv.ConsumeAll(t, s.kafka.Brokers, "healthtech.patient.events") {
+		id, _ := header(r, "ce_id")
+		tpv, ok := header(r, "ce_traceparent")
+		if !ok {
+			t.Fatalf("event %s has no ce_traceparent", id)
+		}
+		tid, sid := traceparentOf(t, tpv)
+		if tid != callerTrace || sid != want[id] {
+			t.Errorf("event %s: ce_traceparent %s, want trace %s span %s", id, tpv, callerTrace, want[id])
+		}
+		if ts, _ := header(r, "ce_tracestate"); ts != "clinic=7" {
+			t.Errorf("event %s: ce_tracestate %q", id, ts)
+		}
+	}
+
+	for _, d := range sub.next(2, 20*time.Second) {
+		tid, sid := traceparentOf(t, d.GetMetadata()["traceparent"])
+		var deliver sdktrace.ReadOnlySpan
+		eventually(t, 10*time.Second, "the delivery span ended", func() bool {
+			deliver = spanNamed(rec, "eventgw.deliver", want[d.GetEventId()])
+			return deliver != nil
+		})
+		if tid != callerTrace || sid != deliver.SpanContext().SpanID() || deliver.SpanKind() != trace.SpanKindConsumer {
+			t.Errorf("delivery of %s: traceparent %s, want the delivery span %s of trace %s", d.GetEventId(), d.GetMetadata()["traceparent"], deliver.SpanContext().SpanID(), callerTrace)
+		}
+		if d.GetMetadata()["tracestate"] != "clinic=7" {
+			t.Errorf("delivery of %s: tracestate %q", d.GetEventId(), d.GetMetadata()["tracestate"])
+		}
+	}
+}
