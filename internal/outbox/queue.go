@@ -48,10 +48,11 @@ func (r *Relay) drainQueue(ctx context.Context) (int, error) {
 		recs []store.QueuedRecord
 		err  error
 	}
+	limit := r.roundSize(queueBatch)
 	fetch := func(after int64) chan read {
 		ch := make(chan read, 1)
 		go func() {
-			recs, err := store.ReadQueuedAfter(ctx, r.pool, after, queueBatch)
+			recs, err := store.ReadQueuedAfter(ctx, r.pool, after, limit)
 			ch <- read{recs, err}
 		}()
 		return ch
@@ -85,7 +86,7 @@ func (r *Relay) drainQueue(ctx context.Context) (int, error) {
 			return finish(total, got.err)
 		}
 		recs := got.recs
-		if len(recs) == queueBatch {
+		if len(recs) == limit && limit > 1 {
 			next = fetch(recs[len(recs)-1].Position)
 		} else {
 			next = nil
@@ -137,6 +138,7 @@ func (r *Relay) publishQueued(ctx context.Context, recs []store.QueuedRecord) (i
 	defer cancel()
 	pending, err := r.pub.SendDirect(pctx, evs, msgs, now)
 	if err != nil {
+		r.noteOutcome(err)
 		return 0, err
 	}
 	outs := pending.Wait(pctx)
@@ -145,9 +147,11 @@ func (r *Relay) publishQueued(ctx context.Context, recs []store.QueuedRecord) (i
 		n++
 	}
 	if n < len(outs) {
+		r.noteOutcome(outs[n].Err)
 		settle(pending)
 		return n, outs[n].Err
 	}
+	r.noteOutcome(nil)
 	return n, nil
 }
 
@@ -159,3 +163,17 @@ func settle(p *publish.Pending) { p.Quiet(producerSettle) }
 
 // producerSettle bounds that wait: the producer's retries and a request's read timeout.
 const producerSettle = 45 * time.Second
+
+// roundSize is how many events a round may send: n, or one while probing (see
+// Relay.probing).
+func (r *Relay) roundSize(n int) int {
+	if r.probing.Load() {
+		return 1
+	}
+	return n
+}
+
+// noteOutcome records whether a round's publish failed (probing) or succeeded.
+func (r *Relay) noteOutcome(err error) {
+	r.probing.Store(err != nil)
+}

@@ -43,6 +43,11 @@ type Relay struct {
 	wake   chan struct{} // new events (this sidecar is the relay)
 	nwake  chan struct{} // new events to announce to the relay elsewhere
 	cursor int64         // used by the work goroutine only
+	// probing: the last publish failed, so rounds send one event until one is
+	// acknowledged. A batch in flight when Kafka comes back could otherwise land in
+	// part: sarama fails a message whose retries are spent while later ones of its
+	// partition still go through, and the resend would put the earlier event after them.
+	probing atomic.Bool
 
 	backlog   prometheus.Gauge
 	published prometheus.Counter
@@ -358,7 +363,7 @@ func (r *Relay) drain(ctx context.Context) (n int, blocked bool, err error) {
 		       e.event_type, e.event_data, e.metadata, e.occurred_at, e.recorded_at, e.position
 		  FROM stored_events e, b
 		 WHERE e.position > $1 AND e.position < b.bound
-		 ORDER BY e.position LIMIT $2`, r.cursor, batchSize)
+		 ORDER BY e.position LIMIT $2`, r.cursor, r.roundSize(batchSize))
 	if err != nil {
 		return 0, false, fmt.Errorf("read outbox: %w", err)
 	}
@@ -441,10 +446,12 @@ func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (int64, er
 	defer cancel()
 	pending, err := r.pub.SendDirect(pctx, pubEvents, msgs, now)
 	if err != nil {
+		r.noteOutcome(err)
 		return r.cursor, err
 	}
 	for i, o := range pending.Wait(pctx) {
 		if o.Err != nil {
+			r.noteOutcome(o.Err)
 			settle(pending)
 			// Everything before this event is acknowledged; it and what follows are
 			// published again on the retry.
@@ -456,6 +463,7 @@ func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (int64, er
 		}
 		r.lag.Observe(time.Since(evs[idx[i]].RecordedAt).Seconds())
 	}
+	r.noteOutcome(nil)
 	return upto, nil
 }
 
