@@ -63,8 +63,8 @@ type sagaBench struct {
 	errors    atomic.Int64
 	lat       latencies
 	handoff   latencies
-	sent      sync.Map      // saga id → time.Time its last step answer was sent
-	open      chan struct{} // a slot per running saga (closed loop)
+	sent      sync.Map                      // saga id → time.Time its last step answer was sent
+	open      atomic.Pointer[chan struct{}] // a slot per running saga (closed loop); set per scenario
 	tenant    string
 }
 
@@ -200,7 +200,7 @@ func (b *sagaBench) worker(ctx context.Context, i int, ready chan<- error) {
 						b.completed.Add(1)
 					}
 					select {
-					case <-b.open:
+					case <-b.slots():
 					default:
 					}
 				}
@@ -234,11 +234,21 @@ func (b *sagaBench) worker(ctx context.Context, i int, ready chan<- error) {
 	}
 }
 
+// slots is the running scenario's slot channel (nil, which blocks, before the first).
+func (b *sagaBench) slots() chan struct{} {
+	if p := b.open.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 // scenario starts sagas for a warm-up and then d (closed loop with sagaOpen sagas
 // running when rate is 0, else rate sagas per second), and waits for the started ones
 // to finish.
 func (b *sagaBench) scenario(ctx context.Context, d time.Duration, rate float64) (sagaResult, error) {
-	b.open = make(chan struct{}, sagaOpen)
+	d = max(d, time.Second) // a four-step saga takes several round trips: measure at least 1 s
+	slots := make(chan struct{}, sagaOpen)
+	b.open.Store(&slots)
 	b.completed.Store(0)
 	b.tasks.Store(0)
 	b.errors.Store(0)
@@ -270,7 +280,7 @@ func (b *sagaBench) scenario(ctx context.Context, d time.Duration, rate float64)
 				defer wg.Done()
 				for sctx.Err() == nil {
 					select {
-					case b.open <- struct{}{}:
+					case slots <- struct{}{}:
 					case <-sctx.Done():
 						return
 					}
