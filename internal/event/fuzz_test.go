@@ -29,7 +29,7 @@ func FuzzNormalize(f *testing.F) {
 		now := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 		err := e.Normalize("svc", Limits{MaxEventBytes: 1 << 20}, now)
 		if err != nil {
-			if _, ok := err.(*validate.Error); !ok { //nolint:errorlint // Normalize answers *validate.Error
+			if _, ok := err.(*validate.Error); !ok {
 				t.Fatalf("not a *validate.Error: %T %v", err, err)
 			}
 			// Errors never echo a metadata key or value.

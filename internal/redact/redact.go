@@ -51,7 +51,7 @@ func describe(err error, parts *[]string, depth int) {
 			*parts = append(*parts, err.Error())
 			return
 		}
-		if pe, ok := err.(interface{ SQLState() string }); ok { //nolint:errorlint // this node only
+		if pe, ok := err.(interface{ SQLState() string }); ok {
 			// A driver's PostgreSQL error (pgconn.PgError): its code, not its message.
 			*parts = append(*parts, fmt.Sprintf("%T (SQLSTATE %s)", err, pe.SQLState()))
 		} else {
@@ -84,10 +84,6 @@ func safeText(err error) bool {
 		return true
 	}
 	// Integer error codes (syscall.Errno, sarama.KError, …) have fixed texts.
-	switch reflect.TypeOf(err).Kind() {
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
-		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
-		return true
-	}
-	return false
+	k := reflect.TypeOf(err).Kind()
+	return k >= reflect.Int && k <= reflect.Uintptr
 }

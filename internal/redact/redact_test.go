@@ -26,7 +26,7 @@ const secret = "Jane-Doe-1984"
 func TestDescribeDropsQuotedData(t *testing.T) {
 	_, fjErr := fastjson.Parse(`{"name":"` + secret + `"`)
 	pjErr := new(structpb.Struct).UnmarshalJSON([]byte(`{"name":` + secret + `}`))
-	var jsErr error = json.Unmarshal([]byte(`{"name":`+secret+`}`), new(any))
+	jsErr := json.Unmarshal([]byte(`{"name":`+secret+`}`), new(any))
 	_, numErr := strconv.ParseFloat(secret, 64)
 	for _, tc := range []struct {
 		name string

@@ -59,8 +59,10 @@ func FuzzCloudEventsHeaders(f *testing.F) {
 		}
 		// A foreign record: the fuzzed header among a few envelope headers.
 		hs := []sarama.RecordHeader{
-			{Key: []byte(event.HeaderType), Value: []byte(typ)}, {Key: []byte(event.HeaderTenantID), Value: []byte(tenant)},
-			{Key: hk, Value: hv}, {Key: []byte(event.HeaderContentType), Value: []byte(mdVal)},
+			{Key: []byte(event.HeaderType), Value: []byte(typ)},
+			{Key: []byte(event.HeaderTenantID), Value: []byte(tenant)},
+			{Key: hk, Value: hv},
+			{Key: []byte(event.HeaderContentType), Value: []byte(mdVal)},
 		}
 		for _, asJSON := range []bool{false, true} {
 			d, err := toDelivery(ctx, noAvro{}, consumed(hs, hv, value), "d", 1, asJSON)
