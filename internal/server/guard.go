@@ -209,8 +209,12 @@ func (c *guardConn) closeFor(reason string) {
 		return
 	}
 	c.g.closed.WithLabelValues(reason).Inc()
+	remote := "unknown"
+	if a := c.RemoteAddr(); a != nil {
+		remote = a.String()
+	}
 	c.g.opts.Log.Warn("closed a gRPC connection: a client's request messages broke a limit",
-		zap.String("reason", reason), zap.String("remote", c.RemoteAddr().String()))
+		zap.String("reason", reason), zap.String("remote", remote))
 	_ = c.Close()
 }
 
