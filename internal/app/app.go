@@ -244,6 +244,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 
 	a.Events = store.NewEvents(a.Pool, pg)
 	a.Relay = outbox.New(a.Pool, pub, a.Registry, log)
+	a.Relay.Tracer = a.tracer
 	a.Fallback.OnQueued = a.Relay.Kick
 	a.snapshots = store.NewSnapshotter(a.Events, int64(cfg.SnapshotEvery), log)
 	sagas, err := a.buildSagas(ctx, pub, m)

@@ -43,8 +43,9 @@ func traceparentOf(t *testing.T, v string) (trace.TraceID, trace.SpanID) {
 
 // TestTraceContextPropagation: a caller's traceparent and tracestate (gRPC metadata)
 // reach Kafka as ce_traceparent and ce_tracestate and come back out on deliveries,
-// and the spans chain: the caller's span → the Publish (or AppendEvents) server span,
-// whose context the Kafka header carries → the delivery span, whose context the
+// and the spans chain: the caller's span → the Publish server span, whose context the
+// Kafka header carries (for an append: the AppendEvents server span → the outbox relay's
+// span, whose context the header carries) → the delivery span, whose context the
 // delivery carries. Spans are recorded with the SDK's in-memory recorder (the global
 // provider: no --otlp-endpoint).
 func TestTraceContextPropagation(t *testing.T) {
@@ -76,9 +77,17 @@ func TestTraceContextPropagation(t *testing.T) {
 	if publishSpan == nil || appendSpan == nil || !publishSpan.Parent().IsRemote() || publishSpan.SpanContext().TraceID() != callerTrace {
 		t.Fatalf("server spans of Publish (%v) and AppendEvents (%v) are not the caller's children", publishSpan, appendSpan)
 	}
+	var relaySpan sdktrace.ReadOnlySpan
+	eventually(t, 20*time.Second, "the relay span of the appended event", func() bool {
+		relaySpan = spanNamed(rec, "eventgw.relay", appendSpan.SpanContext().SpanID())
+		return relaySpan != nil
+	})
+	if relaySpan.SpanKind() != trace.SpanKindProducer || relaySpan.SpanContext().TraceID() != callerTrace {
+		t.Errorf("relay span: kind %v, trace %s", relaySpan.SpanKind(), relaySpan.SpanContext().TraceID())
+	}
 	want := map[string]trace.SpanID{ // event id → the span its Kafka header names
 		res.GetResult().GetEventId(): publishSpan.SpanContext().SpanID(),
-		app.GetEventIds()[0]:         appendSpan.SpanContext().SpanID(),
+		app.GetEventIds()[0]:         relaySpan.SpanContext().SpanID(),
 	}
 
 	eventually(t, 20*time.Second, "both events in Kafka", func() bool { return topicCount(t, s.kafka.Brokers, "healthtech.patient.events") == 2 })

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgxlisten"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/eventgw/eventgw/internal/event"
@@ -56,6 +57,8 @@ type Relay struct {
 	queue     queueMetrics
 	// PollInterval is the fallback poll (and the lock check).
 	PollInterval time.Duration
+	// Tracer, when set, makes relay spans (tracing.go).
+	Tracer trace.Tracer
 }
 
 // New builds a relay; its metrics are registered on reg.
@@ -415,15 +418,20 @@ func (r *Relay) drain(ctx context.Context) (n int, blocked bool, err error) {
 
 // publish sends evs in order and answers the position up to which every event was
 // acknowledged (or dead-lettered), and the first failure.
-func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (int64, error) {
+func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (upto int64, err error) {
 	now := time.Now()
+	var spans []trace.Span // of pubEvents, nil for those without a trace context
+	failedFrom := 0
+	defer func() { endRelay(spans, failedFrom, err) }()
 	pubEvents := make([]event.Event, 0, len(evs))
 	msgs := make([]*sarama.ProducerMessage, 0, len(evs))
 	idx := make([]int, 0, len(evs))
 	for i := range evs {
 		ev := ToEvent(&evs[i])
+		span := r.traceRelay(ctx, &ev)
 		m, err := r.pub.Encode(&ev, now)
 		if err != nil {
+			endRelay([]trace.Span{span}, 0, err)
 			// It passed these checks when appended; its schema changed since. It must
 			// not block the outbox: it goes to failed_events.
 			if derr := r.deadLetter(ctx, &evs[i], err); derr != nil {
@@ -431,11 +439,12 @@ func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (int64, er
 			}
 			continue
 		}
+		spans = append(spans, span)
 		pubEvents = append(pubEvents, ev)
 		msgs = append(msgs, m)
 		idx = append(idx, i)
 	}
-	upto := evs[len(evs)-1].Position
+	upto = evs[len(evs)-1].Position
 	if len(msgs) == 0 {
 		return upto, nil
 	}
@@ -451,6 +460,7 @@ func (r *Relay) publish(ctx context.Context, evs []store.StoredEvent) (int64, er
 	}
 	for i, o := range pending.Wait(pctx) {
 		if o.Err != nil {
+			failedFrom = i
 			r.noteOutcome(o.Err)
 			settle(pending)
 			// Everything before this event is acknowledged; it and what follows are
