@@ -1,7 +1,11 @@
 package app_test
 
 import (
+	"context"
+	"net"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,9 +14,12 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/config"
 	"github.com/eventgw/eventgw/internal/testenv"
 )
 
@@ -119,5 +126,54 @@ func TestTraceContextPropagation(t *testing.T) {
 		if d.GetMetadata()["tracestate"] != "clinic=7" {
 			t.Errorf("delivery of %s: tracestate %q", d.GetEventId(), d.GetMetadata()["tracestate"])
 		}
+	}
+}
+
+// collector is an OTLP/gRPC trace collector that keeps the names of the spans it gets.
+type collector struct {
+	coltracepb.UnimplementedTraceServiceServer
+	mu    sync.Mutex
+	names []string
+}
+
+func (c *collector) Export(_ context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rs := range req.GetResourceSpans() {
+		for _, ss := range rs.GetScopeSpans() {
+			for _, sp := range ss.GetSpans() {
+				c.names = append(c.names, sp.GetName())
+			}
+		}
+	}
+	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+func (c *collector) got() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.names)
+}
+
+// TestOTLPExport: with --otlp-endpoint the sidecar's spans reach an OTLP collector (at
+// the latest when it shuts down, which flushes them).
+func TestOTLPExport(t *testing.T) {
+	col := &collector{}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(srv, col)
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+
+	s := startSidecar(t, func(c *config.Config) { c.OTLPEndpoint, c.OTLPInsecure = l.Addr().String(), true })
+	if _, err := s.events.Publish(callCtx(t), &eventgwv1.PublishRequest{Event: patientEvent(tenantA)}); err != nil {
+		t.Fatal(err)
+	}
+	s.shutdown()
+	if !slices.Contains(col.got(), "eventgw.v1.EventService/Publish") {
+		t.Errorf("the collector got %v, want the Publish span", col.got())
 	}
 }
