@@ -144,7 +144,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.BreakerTimeout, "breaker-timeout", 60*time.Second, "circuit breakers: time open before trial calls are let through (half-open)")
 	fs.IntVar(&c.BreakerHalfOpenMaxRequests, "breaker-half-open-max-requests", 3, "circuit breakers: trial calls at once while half-open")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "time in-flight calls get to finish on SIGINT/SIGTERM")
-	c.Security.register(fs)
+	c.register(fs) // security.go
 }
 
 // Parse reads args, then EVENTGW_* environment variables for flags not given.

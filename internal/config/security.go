@@ -175,7 +175,7 @@ func (s *Security) TenantList() ([]string, error) {
 // validateSecurity checks the security settings, and that a gRPC listener reachable
 // from other hosts is TLS unless plaintext was asked for.
 func (c *Config) validateSecurity() []error {
-	errs := c.Security.validate()
+	errs := c.validate()
 	if u, err := url.Parse(c.SchemaRegistryURL); err == nil && u.User != nil && c.SchemaRegistryUsername != "" {
 		errs = append(errs, errors.New("give the Schema Registry's credentials in --schema-registry-url or in --schema-registry-username, not both"))
 	}

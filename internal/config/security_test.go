@@ -106,8 +106,10 @@ func TestRedactedHidesSecrets(t *testing.T) {
 	var c Config
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	c.Register(fs)
-	if err := Parse(fs, []string{"--dev", "--kafka-sasl-password=secret-1", "--schema-registry-password=secret-2",
-		"--schema-registry-url=https://u:secret-3@sr:8081", "--database-url=postgres://u:secret-4@db/gw?sslmode=require"}); err != nil {
+	if err := Parse(fs, []string{
+		"--dev", "--kafka-sasl-password=secret-1", "--schema-registry-password=secret-2",
+		"--schema-registry-url=https://u:secret-3@sr:8081", "--database-url=postgres://u:secret-4@db/gw?sslmode=require",
+	}); err != nil {
 		t.Fatal(err)
 	}
 	out := strings.Join(c.Redacted(fs), "\n")

@@ -32,7 +32,7 @@ func TestRegistryBasicAuthAndTLS(t *testing.T) {
 	const text = `{"type":"record","name":"A","fields":[{"name":"x","type":"int"}]}`
 	register := func(opts ...schema.Option) (*schema.Schema, error) {
 		r := schema.NewRegistry(srv.URL, pool, zap.NewNop(), append(opts, fastRetry)...)
-		defer r.Close()
+		defer func() { _ = r.Close() }()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		return r.Register(ctx, "lab.result_ready", "healthtech.lab.events", text)
