@@ -313,7 +313,7 @@ func TestStartsWithoutRegistry(t *testing.T) {
 	ctx := callCtx(t)
 	if _, err := first.events.RegisterSchema(ctx, &eventgwv1.RegisterSchemaRequest{
 		EventType: "patient.admitted",
-		Schema: `{"type":"record","name":"Admitted","fields":[{"name":"ward","type":"string"}]}`,
+		Schema:    `{"type":"record","name":"Admitted","fields":[{"name":"ward","type":"string"}]}`,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -343,7 +343,7 @@ func TestStartsWithoutRegistry(t *testing.T) {
 	}
 	_, err = s.events.RegisterSchema(ctx, &eventgwv1.RegisterSchemaRequest{
 		EventType: "patient.discharged",
-		Schema: `{"type":"record","name":"Discharged","fields":[{"name":"ward","type":"string"}]}`,
+		Schema:    `{"type":"record","name":"Discharged","fields":[{"name":"ward","type":"string"}]}`,
 	})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("a new schema with the registry down: %v, want Unavailable", err)

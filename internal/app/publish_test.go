@@ -222,9 +222,9 @@ func TestPublishAvroThroughRegistry(t *testing.T) {
 		payload map[string]any
 		field   string
 	}{
-		"wrong type":    {map[string]any{"patient_id": pid, "first_name": "Ada", "age": "old"}, "payload.age"},
-		"missing":       {map[string]any{"patient_id": pid, "age": 3.0}, "payload.first_name"},
-		"not integer":   {map[string]any{"patient_id": pid, "first_name": "A", "age": 3.5}, "payload.age"},
+		"wrong type":  {map[string]any{"patient_id": pid, "first_name": "Ada", "age": "old"}, "payload.age"},
+		"missing":     {map[string]any{"patient_id": pid, "age": 3.0}, "payload.first_name"},
+		"not integer": {map[string]any{"patient_id": pid, "first_name": "A", "age": 3.5}, "payload.age"},
 		// A client's key is never echoed (it may hold data): the field is the payload.
 		"unknown field": {map[string]any{"patient_id": pid, "first_name": "A", "age": 3.0, "ssn": "x"}, "payload"},
 		"bad uuid":      {map[string]any{"patient_id": "nope", "first_name": "A", "age": 3.0}, "payload.patient_id"},

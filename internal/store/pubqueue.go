@@ -290,12 +290,8 @@ func MaxQueuedPosition(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 // PendingSince reports whether rows of origin, or rows at or below upTo (rows queued
 // before this process started), are still queued.
 func (q *PublishQueue) PendingSince(ctx context.Context, upTo int64) (bool, error) {
-	var any bool
-	err := Do(ctx, q.breaker, ReadOnly, "read publish queue", func(ctx context.Context) error {
-		return q.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM publish_queue WHERE origin = $1)
-			OR EXISTS (SELECT 1 FROM publish_queue WHERE position <= $2)`, q.origin, upTo).Scan(&any)
-	})
-	return any, err
+	n, err := q.PendingCount(ctx, upTo, 1)
+	return n > 0, err
 }
 
 // PendingCount counts, up to limit, the rows PendingSince looks for.
