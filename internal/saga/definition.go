@@ -7,8 +7,8 @@ import (
 	"math"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
-	"github.com/eventgw/eventgw/internal/event"
 	"github.com/eventgw/eventgw/internal/validate"
 )
 
@@ -25,6 +25,11 @@ const (
 	// MaxContextBytes bounds a saga's context (as started, and with outputs laid over
 	// it), a step's fixed input and a step's output, as JSON.
 	MaxContextBytes = 256 << 10
+	// MaxIdempotencyKey bounds StartSaga's idempotency key (bytes).
+	MaxIdempotencyKey = 255
+	// MaxErrorTypeLen and MaxErrorMessageLen bound a worker's FailTask.
+	MaxErrorTypeLen    = 100
+	MaxErrorMessageLen = 4096
 )
 
 // Defaults of a step.
@@ -146,8 +151,8 @@ func (d *Definition) Normalize() error {
 			return err
 		}
 		if len(s.Input) > 0 {
-			if len(s.Input) > MaxContextBytes {
-				return validate.Errorf(f+".input", "is %d bytes as JSON, over the limit of %d", len(s.Input), MaxContextBytes)
+			if err := CheckObject(f+".input", s.Input); err != nil {
+				return err
 			}
 			if bytes.Equal(s.Input, []byte("{}")) {
 				s.Input = nil
@@ -193,19 +198,31 @@ func (p *RetryPolicy) normalize(f string) error {
 	return nil
 }
 
-// checkText is validate.Text that allows line breaks and tabs.
-func checkText(field, s string, maxLen int) error {
-	if len(s) > maxLen {
-		return validate.Errorf(field, "is longer than %d bytes", maxLen)
+// Text checks free text of a saga request (a description, an idempotency key, a cancel
+// reason, a worker's error message): at most maxBytes bytes of valid UTF-8 without
+// control characters (multiline: line breaks and tabs allowed). PostgreSQL refuses
+// invalid UTF-8 and U+0000 in text columns, so what passes here can be stored and read
+// back. The error names the rule, never the text.
+func Text(field, s string, maxBytes int, multiline bool) error {
+	if len(s) > maxBytes {
+		return validate.Errorf(field, "is longer than %d bytes", maxBytes)
 	}
+	ascii := true
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if (c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f {
+		if (c < 0x20 && !(multiline && (c == '\n' || c == '\r' || c == '\t'))) || c == 0x7f {
 			return validate.Errorf(field, "must not contain control characters")
 		}
+		ascii = ascii && c < utf8.RuneSelf
+	}
+	if !ascii && !utf8.ValidString(s) {
+		return validate.Errorf(field, "must be valid UTF-8")
 	}
 	return nil
 }
+
+// checkText is Text that allows line breaks and tabs.
+func checkText(field, s string, maxLen int) error { return Text(field, s, maxLen, true) }
 
 // Canonical is d's stored form (JSON with its defaults filled in) and its digest: two
 // definitions with the same digest are identical. Call it after Normalize.
@@ -216,8 +233,11 @@ func (d *Definition) Canonical() (data, digest []byte, err error) {
 	copy(c.Steps, d.Steps)
 	for i := range c.Steps {
 		if in := c.Steps[i].Input; len(in) > 0 {
+			// Numbers as written (json.Number): a float64 would round large integers.
 			var m map[string]any
-			if err := json.Unmarshal(in, &m); err != nil || m == nil {
+			dec := json.NewDecoder(bytes.NewReader(in))
+			dec.UseNumber()
+			if err := dec.Decode(&m); err != nil || m == nil {
 				return nil, nil, validate.Errorf("workflow.steps["+strconv.Itoa(i)+"].input", "must be a JSON object")
 			}
 			if c.Steps[i].Input, err = json.Marshal(m); err != nil {
@@ -242,13 +262,14 @@ func ParseDefinition(data []byte, version int32) (*Definition, error) {
 	return d, nil
 }
 
-// checkObject checks that b is a JSON object of at most MaxContextBytes.
-func checkObject(field string, b []byte) error {
+// CheckObject checks that b is a JSON object of at most MaxContextBytes within the
+// rules of stored JSON (validate.JSONObject: nesting, numbers, UTF-8, no repeated key),
+// so that every reader (GetSaga, PollTasks as Structs, the saga events) can give it back.
+func CheckObject(field string, b []byte) error {
 	if len(b) > MaxContextBytes {
 		return validate.Errorf(field, "is %d bytes as JSON, over the limit of %d", len(b), MaxContextBytes)
 	}
-	if !event.IsJSONObject(b) {
-		return validate.Errorf(field, "must be a JSON object")
-	}
-	return nil
+	return validate.JSONObject(field, b)
 }
+
+func checkObject(field string, b []byte) error { return CheckObject(field, b) }

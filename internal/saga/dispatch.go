@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgxlisten"
 	"go.uber.org/zap"
 
+	"github.com/eventgw/eventgw/internal/redact"
 	"github.com/eventgw/eventgw/internal/store"
 )
 
@@ -136,7 +137,7 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 			case err != nil && ctx.Err() != nil:
 				return ctx.Err()
 			case err != nil:
-				e.log.Warn("saga task claim failed; will retry", zap.String("worker_id", p.worker), zap.Error(err))
+				e.log.Warn("saga task claim failed; will retry", zap.String("worker_id", p.worker), redact.Error(err))
 			case len(claimed) > 0:
 				ids := make([]string, len(claimed))
 				for i := range claimed {
@@ -311,7 +312,7 @@ func (e *Engine) giveBack(tasks []store.ClaimedTask) {
 	err := e.st.Release(ctx, ids)
 	cancel()
 	if err != nil {
-		e.log.Warn("giving back undelivered saga tasks failed: they time out instead", zap.Int("tasks", len(ids)), zap.Error(err))
+		e.log.Warn("giving back undelivered saga tasks failed: they time out instead", zap.Int("tasks", len(ids)), redact.Error(err))
 	}
 	for i := range tasks {
 		e.unhold(tasks[i].TaskID)
@@ -523,7 +524,7 @@ func (e *Engine) notifier(ctx context.Context) {
 			payload = e.instance + "|*"
 		}
 		if _, err := e.st.Pool().Exec(ctx, `SELECT pg_notify($1, $2)`, notifyChannel, payload); err != nil && ctx.Err() == nil {
-			e.log.Debug("saga notify failed (other sidecars poll anyway)", zap.Error(err))
+			e.log.Debug("saga notify failed (other sidecars poll anyway)", redact.Error(err))
 		}
 	}
 }
@@ -537,7 +538,7 @@ func (e *Engine) listen(ctx context.Context) {
 		ReconnectDelay: time.Second,
 		LogError: func(_ context.Context, err error) {
 			if ctx.Err() == nil {
-				e.log.Warn("saga listener", zap.Error(err))
+				e.log.Warn("saga listener", redact.Error(err))
 			}
 		},
 	}

@@ -12,7 +12,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eventgw/eventgw/internal/metrics"
+	"github.com/eventgw/eventgw/internal/redact"
 	"github.com/eventgw/eventgw/internal/store"
+	"github.com/eventgw/eventgw/internal/validate"
 )
 
 // Config configures an Engine.
@@ -95,7 +97,7 @@ func (e *Engine) Shutdown() {
 }
 
 // ErrShutdown ends a Poll stream when the sidecar stops.
-var ErrShutdown = errors.New("the sidecar is shutting down: reconnect to poll tasks")
+var ErrShutdown = redact.Sentinel("the sidecar is shutting down: reconnect to poll tasks")
 
 // def answers a workflow's definition at version (cached: versions never change).
 func (e *Engine) def(ctx context.Context, id string, version int32) (*Definition, error) {
@@ -156,6 +158,16 @@ type StartRequest struct {
 // tenant's saga with the same idempotency key. When a worker on this sidecar has room
 // for the first task, the saga is inserted with that task already leased to it.
 func (e *Engine) Start(ctx context.Context, req StartRequest) (store.SagaRow, bool, error) {
+	var err error
+	if req.TenantID, err = validate.CanonicalUUID("tenant_id", req.TenantID); err != nil {
+		return store.SagaRow{}, false, err
+	}
+	if err := validate.Name("workflow_id", req.WorkflowID, MaxIDLen, true); err != nil {
+		return store.SagaRow{}, false, err
+	}
+	if err := Text("idempotency_key", req.IdempotencyKey, MaxIdempotencyKey, false); err != nil {
+		return store.SagaRow{}, false, err
+	}
 	if len(req.Context) == 0 {
 		req.Context = []byte("{}")
 	}
@@ -223,7 +235,7 @@ func (e *Engine) Start(ctx context.Context, req StartRequest) (store.SagaRow, bo
 		e.after(&ch)
 		return sg, true, nil
 	}
-	return store.SagaRow{}, false, errors.New("saga: the workflow's latest version kept changing")
+	return store.SagaRow{}, false, redact.Sentinel("saga: the workflow's latest version kept changing")
 }
 
 // latestVersion answers a workflow's latest version: remembered once read (this
@@ -241,6 +253,16 @@ func (e *Engine) latestVersion(ctx context.Context, id string) (int32, error) {
 	return v, nil
 }
 
+// tenantSaga answers tenant and saga ids in canonical form (validate.CanonicalUUID).
+func tenantSaga(tenant, id string) (string, string, error) {
+	t, err := validate.CanonicalUUID("tenant_id", tenant)
+	if err != nil {
+		return "", "", err
+	}
+	id, err = validate.CanonicalUUID("saga_id", id)
+	return t, id, err
+}
+
 // View is a saga as GetSaga shows it.
 type View struct {
 	Saga    store.SagaRow
@@ -251,6 +273,10 @@ type View struct {
 
 // Get answers tenant's saga id with its steps and history.
 func (e *Engine) Get(ctx context.Context, tenant, id string) (*View, error) {
+	tenant, id, err := tenantSaga(tenant, id)
+	if err != nil {
+		return nil, err
+	}
 	sg, steps, hist, err := e.st.GetSaga(ctx, tenant, id)
 	if err != nil {
 		return nil, err
@@ -278,6 +304,10 @@ func (e *Engine) StepID(ctx context.Context, sg *store.SagaRow, i int) string {
 
 // Cancel cancels tenant's running saga id (see Machine.Cancel) and answers it.
 func (e *Engine) Cancel(ctx context.Context, tenant, id, reason string) (store.SagaRow, error) {
+	tenant, id, err := tenantSaga(tenant, id)
+	if err != nil {
+		return store.SagaRow{}, err
+	}
 	ch, err := e.transition(ctx, func() (*store.SagaTx, error) { return e.st.LockSaga(ctx, tenant, id) },
 		func(m *Machine, tx *store.SagaTx) (Change, error) { return m.Cancel(tx.Saga, tx.Steps, reason) })
 	if err != nil {
@@ -291,6 +321,10 @@ func (e *Engine) Cancel(ctx context.Context, tenant, id, reason string) (store.S
 
 // Complete answers task taskID done with output (a JSON object).
 func (e *Engine) Complete(ctx context.Context, taskID string, output []byte) error {
+	taskID, err := validate.CanonicalUUID("task_id", taskID)
+	if err != nil {
+		return err
+	}
 	if len(output) == 0 {
 		output = []byte("{}")
 	}
@@ -302,6 +336,16 @@ func (e *Engine) Complete(ctx context.Context, taskID string, output []byte) err
 
 // Fail answers task taskID failed.
 func (e *Engine) Fail(ctx context.Context, taskID, errorType, errorMessage string, nonRetryable bool) error {
+	taskID, err := validate.CanonicalUUID("task_id", taskID)
+	if err != nil {
+		return err
+	}
+	if err := validate.Name("error_type", errorType, MaxErrorTypeLen, true); err != nil {
+		return err
+	}
+	if err := Text("error_message", errorMessage, MaxErrorMessageLen, true); err != nil {
+		return err
+	}
 	return e.answer(ctx, Answer{TaskID: taskID, Outcome: Failed, ErrorType: errorType, ErrorMessage: errorMessage, NonRetryable: nonRetryable})
 }
 
@@ -341,7 +385,7 @@ func (e *Engine) transition(ctx context.Context, lock func() (*store.SagaTx, err
 		e.after(&ch)
 		return ch, nil
 	}
-	return Change{}, errors.New("saga: workflow definition kept missing from the cache")
+	return Change{}, redact.Sentinel("saga: workflow definition kept missing from the cache")
 }
 
 // after runs once a change committed: workers of its new tasks are woken (here and,
@@ -399,7 +443,7 @@ func (e *Engine) sweep(ctx context.Context) {
 	for {
 		ids, next, err := e.st.Expired(ctx, 100)
 		if err != nil && ctx.Err() == nil {
-			e.log.Warn("saga timeout sweep failed; will retry", zap.Error(err))
+			e.log.Warn("saga timeout sweep failed; will retry", redact.Error(err))
 		}
 		for _, id := range ids {
 			a := Answer{TaskID: id, Outcome: TimedOut}
@@ -414,7 +458,7 @@ func (e *Engine) sweep(ctx context.Context) {
 			case ctx.Err() != nil:
 				return
 			default:
-				e.log.Warn("saga timeout failed; will retry", zap.String("task_id", id), zap.Error(err))
+				e.log.Warn("saga timeout failed; will retry", zap.String("task_id", id), redact.Error(err))
 			}
 		}
 		wait := e.cfg.PollInterval

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/eventgw/eventgw/internal/redact"
 	"github.com/eventgw/eventgw/internal/store"
 )
 
@@ -238,7 +239,7 @@ func (e *Engine) writeAnswers(batch []*groupItem[Answer]) {
 			for _, l := range pushes {
 				e.unhold(l.task.TaskID)
 			}
-			e.log.Warn("a shared saga write failed; writing its answers one by one", zap.Int("answers", len(written)), zap.Error(err))
+			e.log.Warn("a shared saga write failed; writing its answers one by one", zap.Int("answers", len(written)), redact.Error(err))
 			later = append(later, written...)
 			break
 		}

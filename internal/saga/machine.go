@@ -2,11 +2,11 @@ package saga
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
+	"github.com/eventgw/eventgw/internal/redact"
 	"github.com/eventgw/eventgw/internal/store"
 	"github.com/eventgw/eventgw/internal/validate"
 )
@@ -63,17 +63,20 @@ func Ended(state string) bool {
 // Errors of state changes the saga's state does not allow.
 var (
 	// ErrCompensating: CancelSaga on a saga compensating after a failure.
-	ErrCompensating = errors.New("the saga is compensating after a failure; it can no longer be cancelled")
+	ErrCompensating = redact.Sentinel("the saga is compensating after a failure; it can no longer be cancelled")
 	// ErrIdempotencyKeyReused: StartSaga with a key the tenant used for another workflow.
-	ErrIdempotencyKeyReused = errors.New("idempotency_key was used by the tenant for a saga of another workflow")
+	ErrIdempotencyKeyReused = redact.Sentinel("idempotency_key was used by the tenant for a saga of another workflow")
 	// errNotExpired: a timeout for a task whose deadline has not passed.
-	errNotExpired = errors.New("the task's deadline has not passed")
+	errNotExpired = redact.Sentinel("the task's deadline has not passed")
 )
 
 // EndedError says that the saga has ended: the change is refused.
 type EndedError struct{ State string }
 
 func (e *EndedError) Error() string { return "the saga has ended (" + e.State + ")" }
+
+// LogSafe marks the text as loggable (redact.Safe): a state name.
+func (e *EndedError) LogSafe() {}
 
 // Outcome is how a task was answered.
 type Outcome int

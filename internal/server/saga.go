@@ -22,14 +22,15 @@ import (
 const (
 	defaultSagaPage     = 100
 	maxSagaPage         = 1000
-	maxIdempotencyKey   = 255
 	maxCancelReason     = 1024
 	maxWorkerID         = 255
 	maxPollNames        = 256
 	defaultTaskInFlight = 16
 	maxTaskInFlight     = 1000
-	maxTaskErrorType    = 100
-	maxTaskErrorMessage = 4096
+	maxTaskErrorType    = saga.MaxErrorTypeLen
+	maxTaskErrorMessage = saga.MaxErrorMessageLen
+	// maxPageToken is longer than any ListSagas token (34 bytes).
+	maxPageToken        = 64
 	defaultPollWorkerID = "worker"
 )
 
@@ -110,7 +111,7 @@ func toDefinition(w *eventgwv1.WorkflowDefinition) (*saga.Definition, error) {
 		if in := st.GetInput(); in != nil && len(in.GetFields()) > 0 {
 			b, err := event.AppendStructJSON(nil, in)
 			if err != nil {
-				return nil, validate.Errorf("workflow.steps["+strconv.Itoa(i)+"].input", "holds a NaN or infinite number, which JSON cannot represent")
+				return nil, validate.Prefix("workflow.steps["+strconv.Itoa(i)+"].input", err)
 			}
 			d.Steps[i].Input = b
 		}
@@ -120,22 +121,11 @@ func toDefinition(w *eventgwv1.WorkflowDefinition) (*saga.Definition, error) {
 
 // StartSaga implements SagaService.StartSaga.
 func (s *SagaService) StartSaga(ctx context.Context, req *eventgwv1.StartSagaRequest) (*eventgwv1.StartSagaResponse, error) {
-	if err := validate.Name("workflow_id", req.GetWorkflowId(), saga.MaxIDLen, true); err != nil {
-		return nil, sagaError(err)
-	}
-	if err := validate.UUID("tenant_id", req.GetTenantId()); err != nil {
-		return nil, sagaError(err)
-	}
-	if err := checkChars("idempotency_key", req.GetIdempotencyKey(), maxIdempotencyKey, false); err != nil {
-		return nil, sagaError(err)
-	}
-	sctx, err := objectJSON("context", req.GetContext(), req.GetContextJson(), req.GetInitialContext() != nil)
+	sr, err := toStart(req)
 	if err != nil {
 		return nil, sagaError(err)
 	}
-	sg, created, err := s.engine.Start(ctx, saga.StartRequest{
-		WorkflowID: req.GetWorkflowId(), TenantID: req.GetTenantId(), Context: sctx, IdempotencyKey: req.GetIdempotencyKey(),
-	})
+	sg, created, err := s.engine.Start(ctx, sr)
 	if err != nil {
 		return nil, sagaError(err)
 	}
@@ -146,8 +136,27 @@ func (s *SagaService) StartSaga(ctx context.Context, req *eventgwv1.StartSagaReq
 	return &eventgwv1.StartSagaResponse{Saga: out, Created: created}, nil
 }
 
+// toStart checks a StartSaga request and translates it (the tenant id canonical).
+func toStart(req *eventgwv1.StartSagaRequest) (saga.StartRequest, error) {
+	sr := saga.StartRequest{WorkflowID: req.GetWorkflowId(), IdempotencyKey: req.GetIdempotencyKey()}
+	if err := validate.Name("workflow_id", sr.WorkflowID, saga.MaxIDLen, true); err != nil {
+		return sr, err
+	}
+	var err error
+	if sr.TenantID, err = validate.CanonicalUUID("tenant_id", req.GetTenantId()); err != nil {
+		return sr, err
+	}
+	if err := saga.Text("idempotency_key", sr.IdempotencyKey, saga.MaxIdempotencyKey, false); err != nil {
+		return sr, err
+	}
+	sr.Context, err = objectJSON("context", req.GetContext(), req.GetContextJson(), req.GetInitialContext() != nil)
+	return sr, err
+}
+
 // objectJSON is a request's JSON object given as a Struct or as bytes ("{}" when set
-// is false).
+// is false), within the rules of stored JSON (validate.JSONObject: what is accepted can
+// be read back as a Struct) and saga.MaxContextBytes. Errors name the field and the
+// rule, never the data.
 func objectJSON(field string, st *structpb.Struct, raw []byte, set bool) ([]byte, error) {
 	switch {
 	case !set:
@@ -155,23 +164,26 @@ func objectJSON(field string, st *structpb.Struct, raw []byte, set bool) ([]byte
 	case st != nil:
 		b, err := event.AppendStructJSON(make([]byte, 0, 256), st)
 		if err != nil {
-			return nil, validate.Errorf(field, "holds a NaN or infinite number, which JSON cannot represent")
+			return nil, validate.Prefix(field, err)
+		}
+		if len(b) > saga.MaxContextBytes {
+			return nil, validate.Errorf(field, "is %d bytes as JSON, over the limit of %d", len(b), saga.MaxContextBytes)
 		}
 		return b, nil
-	case len(raw) > saga.MaxContextBytes:
-		return nil, validate.Errorf(field+"_json", "is %d bytes, over the limit of %d", len(raw), saga.MaxContextBytes)
-	case !event.IsJSONObject(raw):
-		return nil, validate.Errorf(field+"_json", "must be a JSON object")
+	}
+	if err := saga.CheckObject(field+"_json", raw); err != nil {
+		return nil, err
 	}
 	return raw, nil
 }
 
 // GetSaga implements SagaService.GetSaga.
 func (s *SagaService) GetSaga(ctx context.Context, req *eventgwv1.GetSagaRequest) (*eventgwv1.GetSagaResponse, error) {
-	if err := checkTenantSaga(req.GetTenantId(), req.GetSagaId()); err != nil {
+	tenant, id, err := tenantSaga(req.GetTenantId(), req.GetSagaId())
+	if err != nil {
 		return nil, sagaError(err)
 	}
-	v, err := s.engine.Get(ctx, req.GetTenantId(), req.GetSagaId())
+	v, err := s.engine.Get(ctx, tenant, id)
 	if err != nil {
 		return nil, sagaError(err)
 	}
@@ -182,11 +194,14 @@ func (s *SagaService) GetSaga(ctx context.Context, req *eventgwv1.GetSagaRequest
 	return &eventgwv1.GetSagaResponse{Saga: out}, nil
 }
 
-func checkTenantSaga(tenant, id string) error {
-	if err := validate.UUID("tenant_id", tenant); err != nil {
-		return err
+// tenantSaga answers a request's tenant and saga ids in canonical form.
+func tenantSaga(tenant, id string) (string, string, error) {
+	t, err := validate.CanonicalUUID("tenant_id", tenant)
+	if err != nil {
+		return "", "", err
 	}
-	return validate.UUID("saga_id", id)
+	sg, err := validate.CanonicalUUID("saga_id", id)
+	return t, sg, err
 }
 
 // ListSagas implements SagaService.ListSagas.
@@ -209,9 +224,16 @@ func (s *SagaService) ListSagas(ctx context.Context, req *eventgwv1.ListSagasReq
 }
 
 func toSagaFilter(req *eventgwv1.ListSagasRequest) (store.SagaFilter, error) {
-	f := store.SagaFilter{TenantID: req.GetTenantId(), WorkflowID: req.GetWorkflowId(), PageSize: int(req.GetPageSize()), PageToken: req.GetPageToken()}
-	if err := validate.UUID("tenant_id", f.TenantID); err != nil {
+	f := store.SagaFilter{WorkflowID: req.GetWorkflowId(), PageSize: int(req.GetPageSize()), PageToken: req.GetPageToken()}
+	var err error
+	if f.TenantID, err = validate.CanonicalUUID("tenant_id", req.GetTenantId()); err != nil {
 		return f, err
+	}
+	if len(f.PageToken) > maxPageToken {
+		return f, validate.Errorf("page_token", "is not a next_page_token of ListSagas")
+	}
+	if len(req.GetStates()) > len(sagaStates) {
+		return f, validate.Errorf("states", "names %d states; there are %d", len(req.GetStates()), len(sagaStates))
 	}
 	if err := validate.Name("workflow_id", f.WorkflowID, saga.MaxIDLen, false); err != nil {
 		return f, err
@@ -229,17 +251,11 @@ func toSagaFilter(req *eventgwv1.ListSagasRequest) (store.SagaFilter, error) {
 	case f.PageSize < 0 || f.PageSize > maxSagaPage:
 		return f, validate.Errorf("page_size", "must be between 1 and %d (0: %d)", maxSagaPage, defaultSagaPage)
 	}
-	if t := req.GetCreatedAfter(); t != nil {
-		if t.CheckValid() != nil {
-			return f, validate.Errorf("created_after", "is not a valid timestamp")
-		}
-		f.CreatedAfter = t.AsTime()
+	if f.CreatedAfter, err = validate.Timestamp("created_after", req.GetCreatedAfter()); err != nil {
+		return f, err
 	}
-	if t := req.GetCreatedBefore(); t != nil {
-		if t.CheckValid() != nil {
-			return f, validate.Errorf("created_before", "is not a valid timestamp")
-		}
-		f.CreatedBefore = t.AsTime()
+	if f.CreatedBefore, err = validate.Timestamp("created_before", req.GetCreatedBefore()); err != nil {
+		return f, err
 	}
 	if !f.CreatedAfter.IsZero() && !f.CreatedBefore.IsZero() && !f.CreatedAfter.Before(f.CreatedBefore) {
 		return f, validate.Errorf("created_before", "must be after created_after")
@@ -249,13 +265,14 @@ func toSagaFilter(req *eventgwv1.ListSagasRequest) (store.SagaFilter, error) {
 
 // CancelSaga implements SagaService.CancelSaga.
 func (s *SagaService) CancelSaga(ctx context.Context, req *eventgwv1.CancelSagaRequest) (*eventgwv1.CancelSagaResponse, error) {
-	if err := checkTenantSaga(req.GetTenantId(), req.GetSagaId()); err != nil {
+	tenant, id, err := tenantSaga(req.GetTenantId(), req.GetSagaId())
+	if err != nil {
 		return nil, sagaError(err)
 	}
-	if err := checkChars("reason", req.GetReason(), maxCancelReason, false); err != nil {
+	if err := saga.Text("reason", req.GetReason(), maxCancelReason, false); err != nil {
 		return nil, sagaError(err)
 	}
-	sg, err := s.engine.Cancel(ctx, req.GetTenantId(), req.GetSagaId(), req.GetReason())
+	sg, err := s.engine.Cancel(ctx, tenant, id, req.GetReason())
 	if err != nil {
 		return nil, sagaError(err)
 	}
@@ -276,11 +293,7 @@ func (s *SagaService) PollTasks(req *eventgwv1.PollTasksRequest, stream eventgwv
 	err = s.engine.Poll(stream.Context(), pr, func(tasks []saga.Task) error {
 		resp := &eventgwv1.PollTasksResponse{Tasks: make([]*eventgwv1.Task, len(tasks))}
 		for i := range tasks {
-			t, err := toTask(&tasks[i], asJSON)
-			if err != nil {
-				return err
-			}
-			resp.Tasks[i] = t
+			resp.Tasks[i] = toTask(&tasks[i], asJSON)
 		}
 		return stream.Send(resp)
 	})
@@ -295,7 +308,7 @@ func toPollRequest(req *eventgwv1.PollTasksRequest) (saga.PollRequest, error) {
 		WorkerID: req.GetWorkerId(), Actions: req.GetActions(), Compensations: req.GetCompensations(),
 		MaxInFlight: int(req.GetMaxInFlight()),
 	}
-	if err := checkChars("worker_id", pr.WorkerID, maxWorkerID, false); err != nil {
+	if err := saga.Text("worker_id", pr.WorkerID, maxWorkerID, false); err != nil {
 		return pr, err
 	}
 	if pr.WorkerID == "" {
@@ -327,7 +340,7 @@ func toPollRequest(req *eventgwv1.PollTasksRequest) (saga.PollRequest, error) {
 	return pr, nil
 }
 
-func toTask(t *saga.Task, asJSON bool) (*eventgwv1.Task, error) {
+func toTask(t *saga.Task, asJSON bool) *eventgwv1.Task {
 	kind := eventgwv1.TaskKind_TASK_KIND_ACTION
 	if t.Kind == saga.KindCompensation {
 		kind = eventgwv1.TaskKind_TASK_KIND_COMPENSATION
@@ -339,40 +352,41 @@ func toTask(t *saga.Task, asJSON bool) (*eventgwv1.Task, error) {
 	}
 	if asJSON {
 		out.ContextJson, out.InputJson = t.Context, t.Input
-		return out, nil
+		return out
 	}
-	var err error
-	if out.Context, err = toStruct(t.Context); err != nil {
-		return nil, err
+	// Data that cannot be a Struct (stored before the write-time rules) comes as JSON
+	// bytes instead: one such task never fails the stream (it would be given back and
+	// sent again, forever).
+	var ok bool
+	if out.Context, ok = toStruct(t.Context); !ok {
+		out.Context, out.ContextJson = nil, t.Context
 	}
-	if out.Input, err = toStruct(t.Input); err != nil {
-		return nil, err
+	if out.Input, ok = toStruct(t.Input); !ok {
+		out.Input, out.InputJson = nil, t.Input
 	}
-	return out, nil
+	return out
 }
 
-func toStruct(b []byte) (*structpb.Struct, error) {
-	st := &structpb.Struct{}
+// toStruct converts stored saga JSON (a context, an input, an output) to a Struct; ok
+// is false when it cannot be one (see storedStruct). Empty is an empty Struct.
+func toStruct(b []byte) (*structpb.Struct, bool) {
 	if len(b) == 0 {
-		return st, nil
+		return &structpb.Struct{}, true
 	}
-	if err := st.UnmarshalJSON(b); err != nil {
-		// Not wrapped: the decoder's message may quote the data.
-		return nil, errors.New("stored saga JSON is not an object")
-	}
-	return st, nil
+	return storedStruct(b)
 }
 
 // CompleteTask implements SagaService.CompleteTask.
 func (s *SagaService) CompleteTask(ctx context.Context, req *eventgwv1.CompleteTaskRequest) (*eventgwv1.CompleteTaskResponse, error) {
-	if err := validate.UUID("task_id", req.GetTaskId()); err != nil {
+	task, err := validate.CanonicalUUID("task_id", req.GetTaskId())
+	if err != nil {
 		return nil, sagaError(err)
 	}
 	out, err := objectJSON("output", req.GetOutput(), req.GetOutputJson(), req.GetResult() != nil)
 	if err != nil {
 		return nil, sagaError(err)
 	}
-	if err := s.engine.Complete(ctx, req.GetTaskId(), out); err != nil {
+	if err := s.engine.Complete(ctx, task, out); err != nil {
 		return nil, sagaError(err)
 	}
 	return &eventgwv1.CompleteTaskResponse{}, nil
@@ -380,7 +394,8 @@ func (s *SagaService) CompleteTask(ctx context.Context, req *eventgwv1.CompleteT
 
 // FailTask implements SagaService.FailTask.
 func (s *SagaService) FailTask(ctx context.Context, req *eventgwv1.FailTaskRequest) (*eventgwv1.FailTaskResponse, error) {
-	if err := validate.UUID("task_id", req.GetTaskId()); err != nil {
+	task, err := validate.CanonicalUUID("task_id", req.GetTaskId())
+	if err != nil {
 		return nil, sagaError(err)
 	}
 	if req.GetErrorType() == "" {
@@ -389,10 +404,10 @@ func (s *SagaService) FailTask(ctx context.Context, req *eventgwv1.FailTaskReque
 	if err := validate.Name("error_type", req.GetErrorType(), maxTaskErrorType, true); err != nil {
 		return nil, sagaError(err)
 	}
-	if err := checkChars("error_message", req.GetErrorMessage(), maxTaskErrorMessage, true); err != nil {
+	if err := saga.Text("error_message", req.GetErrorMessage(), maxTaskErrorMessage, true); err != nil {
 		return nil, sagaError(err)
 	}
-	if err := s.engine.Fail(ctx, req.GetTaskId(), req.GetErrorType(), req.GetErrorMessage(), req.GetNonRetryable()); err != nil {
+	if err := s.engine.Fail(ctx, task, req.GetErrorType(), req.GetErrorMessage(), req.GetNonRetryable()); err != nil {
 		return nil, sagaError(err)
 	}
 	return &eventgwv1.FailTaskResponse{}, nil
@@ -441,10 +456,7 @@ func (s *SagaService) toSaga(ctx context.Context, sg *store.SagaRow, withContext
 		out.FailedStep = s.engine.StepID(ctx, sg, sg.FailedStep)
 	}
 	if withContext {
-		var err error
-		if out.Context, err = toStruct(sg.Context); err != nil {
-			return nil, err
-		}
+		out.Context, _ = toStruct(sg.Context) // nil when it cannot be a Struct (see toStruct)
 	}
 	return out, nil
 }
@@ -466,10 +478,9 @@ func toSagaView(v *saga.View) (*eventgwv1.Saga, error) {
 	if !saga.Ended(sg.State) {
 		out.CurrentStep = stepID(sg.CurrentStep)
 	}
-	var err error
-	if out.Context, err = toStruct(sg.Context); err != nil {
-		return nil, err
-	}
+	// A context or output stored before the write-time rules that cannot be a Struct is
+	// left out rather than failing the call.
+	out.Context, _ = toStruct(sg.Context)
 	rows := make(map[int]*store.SagaStepRow, len(v.Steps))
 	for i := range v.Steps {
 		rows[v.Steps[i].Index] = &v.Steps[i]
@@ -495,9 +506,7 @@ func toSagaView(v *saga.View) (*eventgwv1.Saga, error) {
 				}
 			}
 			if r.Output != nil {
-				if st.Output, err = toStruct(r.Output); err != nil {
-					return nil, err
-				}
+				st.Output, _ = toStruct(r.Output)
 			}
 		}
 		out.Steps = append(out.Steps, st)

@@ -17,19 +17,20 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/eventgw/eventgw/internal/redact"
 	"github.com/eventgw/eventgw/internal/validate"
 )
 
 // Saga errors.
 var (
 	// ErrWorkflowNotFound: no workflow with that id (and version) is registered.
-	ErrWorkflowNotFound = errors.New("workflow not registered")
+	ErrWorkflowNotFound = redact.Sentinel("workflow not registered")
 	// ErrSagaNotFound: no such saga for this tenant (another tenant's saga is reported
 	// the same way, so that its existence does not leak).
-	ErrSagaNotFound = errors.New("saga not found")
+	ErrSagaNotFound = redact.Sentinel("saga not found")
 	// ErrTaskNotLeased: no task with that id is held by a worker: it timed out, was
 	// taken back, was already answered, or never existed.
-	ErrTaskNotLeased = errors.New("task is not leased: it timed out, was reassigned or answered already, or never existed")
+	ErrTaskNotLeased = redact.Sentinel("task is not leased: it timed out, was reassigned or answered already, or never existed")
 )
 
 // Task states of a saga_steps row (task_state).
