@@ -33,7 +33,19 @@ type Config struct {
 	// Tenants are the tenants whose tasks this sidecar's workers get, canonical UUIDs
 	// (nil: any; tenants.go).
 	Tenants []string
+	// MaxWorkflowLabels and MaxActionLabels bound the distinct workflow and action
+	// label values of the saga metrics (0: DefaultMaxWorkflowLabels,
+	// DefaultMaxActionLabels). Callers choose both (RegisterWorkflow), so past the limit
+	// they are counted under "other" (metrics.LabelCap), as the event metrics' labels.
+	MaxWorkflowLabels int
+	MaxActionLabels   int
 }
+
+// Default bounds of the saga metrics' label values.
+const (
+	DefaultMaxWorkflowLabels = 64
+	DefaultMaxActionLabels   = 256
+)
 
 // Engine runs sagas: it makes their state changes, hands their tasks to workers and
 // times out attempts. Several engines (sidecars) share one database.
@@ -59,6 +71,9 @@ type Engine struct {
 
 	answers *grouper[Answer]
 	starts  *grouper[*startItem]
+
+	// The label values of the metrics, bounded (Config.MaxWorkflowLabels, MaxActionLabels).
+	workflowLabels, actionLabels *metrics.LabelCap
 }
 
 type defKey struct {
@@ -74,10 +89,17 @@ func New(cfg Config) *Engine {
 	if cfg.Kick == nil {
 		cfg.Kick = func() {}
 	}
+	if cfg.MaxWorkflowLabels <= 0 {
+		cfg.MaxWorkflowLabels = DefaultMaxWorkflowLabels
+	}
+	if cfg.MaxActionLabels <= 0 {
+		cfg.MaxActionLabels = DefaultMaxActionLabels
+	}
 	e := &Engine{
 		cfg: cfg, st: cfg.Store, log: cfg.Log.Named("saga"), m: cfg.Metrics, instance: uuid.NewString(),
 		pollers: map[string]map[*poller]struct{}{}, held: map[string]*poller{}, stop: make(chan struct{}),
 		notifyQueues: map[string]bool{}, notifyCh: make(chan struct{}, 1),
+		workflowLabels: metrics.NewLabelCap(cfg.MaxWorkflowLabels), actionLabels: metrics.NewLabelCap(cfg.MaxActionLabels),
 	}
 	e.answers = newGrouper(func(a Answer) string { return a.TaskID }, e.writeAnswers)
 	e.starts = newGrouper(startKey, e.writeStarts)
@@ -216,7 +238,7 @@ func (e *Engine) Start(ctx context.Context, req StartRequest) (store.SagaRow, bo
 			return ins.Saga, false, nil
 		}
 		sg := ins.Saga
-		e.m.Started.WithLabelValues(e.cfg.Service, sg.WorkflowID).Inc()
+		e.m.Started.WithLabelValues(e.cfg.Service, e.workflowLabels.Value(sg.WorkflowID)).Inc()
 		if ce := e.log.Check(zap.DebugLevel, "saga started"); ce != nil {
 			ce.Write(zap.String("saga_id", sg.ID), zap.String("workflow_id", sg.WorkflowID), zap.Int32("version", sg.WorkflowVersion))
 		}
@@ -402,13 +424,13 @@ func (e *Engine) after(ch *Change) {
 		e.cfg.Kick()
 	}
 	for _, d := range ch.Durations {
-		e.m.StepDuration.WithLabelValues(e.cfg.Service, d.Action).Observe(d.Seconds)
+		e.m.StepDuration.WithLabelValues(e.cfg.Service, e.actionLabels.Value(d.Action)).Observe(d.Seconds)
 	}
 	if ch.Ended == "" {
 		return
 	}
 	sg := &ch.Saga
-	e.m.Completed.WithLabelValues(e.cfg.Service, sg.WorkflowID, ch.Ended).Inc()
+	e.m.Completed.WithLabelValues(e.cfg.Service, e.workflowLabels.Value(sg.WorkflowID), ch.Ended).Inc()
 	switch ch.Ended {
 	case StateFailed:
 		// The error type only: messages come from workers and may hold health data.
@@ -478,7 +500,9 @@ func (e *Engine) sweep(ctx context.Context) {
 	}
 }
 
-// measurePending sets saga_tasks_pending every 5 seconds.
+// measurePending sets saga_tasks_pending every 5 seconds: per action label (the
+// actions past the label limit summed under "other"), and 0 for a label whose tasks
+// are all taken.
 func (e *Engine) measurePending(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
@@ -490,7 +514,7 @@ func (e *Engine) measurePending(ctx context.Context) {
 		if err == nil {
 			byAction := map[string]float64{}
 			for q, n := range byQueue {
-				byAction[q[2:]] += float64(n)
+				byAction[e.actionLabels.Value(q[2:])] += float64(n)
 			}
 			for a := range seen {
 				if _, ok := byAction[a]; !ok {
