@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -140,6 +143,13 @@ func runSidecar(t *testing.T, cfg config.Config) *sidecar {
 		s.shutdown()
 		if t.Failed() {
 			t.Logf("sidecar log (last 4 KiB):\n%s", tail(logs.String(), 4096))
+			// EVENTGW_TEST_LOG_DIR keeps the whole log of a failed test, for debugging.
+			if dir := os.Getenv("EVENTGW_TEST_LOG_DIR"); dir != "" {
+				name := filepath.Join(dir, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())+".log")
+				if err := os.WriteFile(name, []byte(logs.String()), 0o600); err == nil {
+					t.Logf("whole sidecar log: %s", name)
+				}
+			}
 		}
 	})
 	return s

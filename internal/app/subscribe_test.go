@@ -776,3 +776,60 @@ func TestSubscribeStreamEndsOnShutdown(t *testing.T) {
 		t.Fatal("stream still open 10 s after shutdown")
 	}
 }
+
+// TestSubscribeAckAheadOfCommitSurvivesTheStream: deliveries acknowledged beyond the
+// commit point (an earlier one still unacknowledged) are not delivered again to the
+// next stream, although the stream that acknowledged them claimed the partition at an
+// offset that never moved (regression: that first mark at the committed offset was
+// dropped, and its acknowledgements with it).
+func TestSubscribeAckAheadOfCommitSurvivesTheStream(t *testing.T) {
+	s := startSidecar(t, nil)
+	req := &eventgwv1.SubscribeRequest{Subscription: "ahead", Topics: []string{"patient"},
+		StartPosition: eventgwv1.StartPosition_START_POSITION_EARLIEST, Ordering: eventgwv1.Ordering_ORDERING_NONE}
+	key := []string{uuid.NewString()} // one partition
+	end := func(u *sub) {
+		t.Helper()
+		u.cancel()
+		select {
+		case <-u.done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("stream did not end")
+		}
+	}
+	byOffset := func(ds []*eventgwv1.Delivery) {
+		slices.SortFunc(ds, func(a, b *eventgwv1.Delivery) int { return int(a.GetOffset() - b.GetOffset()) })
+	}
+
+	// A first stream commits offset 2 of the partition.
+	u1 := subscribeTo(t, s, req)
+	u1.waitAssigned(12)
+	publishKeyed(t, s, "patient.updated", 2, key)
+	if r := s.ack(t, "ahead", u1.next(2, 30*time.Second)); r.GetAcked() != 2 {
+		t.Fatalf("first ack answered %+v", r)
+	}
+	end(u1)
+
+	// The next stream claims the partition at 2, reads 2–6 and acknowledges 4–6 only.
+	publishKeyed(t, s, "patient.updated", 5, key)
+	u2 := subscribeTo(t, s, req)
+	u2.waitAssigned(12)
+	ds := u2.next(5, 30*time.Second)
+	byOffset(ds)
+	if ds[0].GetOffset() != 2 || ds[4].GetOffset() != 6 {
+		t.Fatalf("second stream got offsets %d–%d, want 2–6", ds[0].GetOffset(), ds[4].GetOffset())
+	}
+	if r := s.ack(t, "ahead", ds[2:]); r.GetAcked() != 3 {
+		t.Fatalf("ack of 4–6 answered %+v", r)
+	}
+	end(u2) // 2 and 3 unacknowledged
+
+	// The third stream gets 2 and 3 again, and nothing else.
+	u3 := subscribeTo(t, s, req)
+	u3.waitAssigned(12)
+	again := u3.next(2, 30*time.Second)
+	byOffset(again)
+	if again[0].GetEventId() != ds[0].GetEventId() || again[1].GetEventId() != ds[1].GetEventId() {
+		t.Errorf("third stream got offsets %d and %d, want the unacknowledged 2 and 3", again[0].GetOffset(), again[1].GetOffset())
+	}
+	u3.quiet(2 * time.Second)
+}

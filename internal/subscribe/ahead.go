@@ -19,24 +19,37 @@ const aheadPrefix = "eg1:"
 // maxAheadBytes keeps the metadata under Kafka's offset.metadata.max.bytes (4096).
 const maxAheadBytes = 3000
 
-// aheadMetadata encodes the finished records of p beyond its commit point.
+// aheadMetadata encodes the finished records of p beyond its commit point: those it
+// finished, and those the previous owner finished that it has not read yet (their
+// only record is the metadata this commit replaces).
 func aheadMetadata(p *partition) string {
-	if p.doneAhead == 0 {
+	if p.doneAhead == 0 && p.skip == nil {
 		return ""
 	}
 	var bits []byte
-	for _, m := range p.pending[p.head:] {
-		if m.state != stDone {
-			continue
-		}
-		i := m.rec.Offset - p.next
+	set := func(offset int64) {
+		i := offset - p.next
 		if i < 0 || i >= maxAheadBytes*8 {
-			continue
+			return
 		}
 		for int64(len(bits)) <= i/8 {
 			bits = append(bits, 0)
 		}
 		bits[i/8] |= 1 << (i % 8)
+	}
+	for _, m := range p.pending[p.head:] {
+		if m.state == stDone {
+			set(m.rec.Offset)
+		}
+	}
+	if s := p.skip; s != nil {
+		for i, b := range s.bits {
+			for j := range 8 {
+				if b&(1<<j) != 0 {
+					set(s.base + int64(i)*8 + int64(j))
+				}
+			}
+		}
 	}
 	if len(bits) == 0 {
 		return ""

@@ -61,8 +61,8 @@ type partition struct {
 	pending []*msg // held records in offset order (head first)
 	head    int
 	next    int64  // the offset to commit: everything before it is finished
-	marked  int64  // the offset last marked
-	meta    string // the metadata last marked
+	marked  int64  // the offset sarama's offset manager holds for the partition
+	meta    string // the metadata last marked (unknownMeta before the first mark)
 	dirty   bool
 	revoked bool
 	keys    map[string]*keyQueue
@@ -220,7 +220,10 @@ func (s *stream) claimPartition(sess sarama.ConsumerGroupSession, claim sarama.C
 	pl := strconv.Itoa(int(claim.Partition()))
 	p := &partition{
 		topic: claim.Topic(), id: claim.Partition(), sess: sess, claim: claim,
-		next: claim.InitialOffset(), marked: -1, keys: map[string]*keyQueue{},
+		// sarama's offset manager starts at the committed offset and takes a mark only
+		// above it (MarkOffset) or at or below it (ResetOffset): marked mirrors it, so
+		// the first mark at the committed offset still stores this owner's metadata.
+		next: claim.InitialOffset(), marked: claim.InitialOffset(), meta: unknownMeta, keys: map[string]*keyQueue{},
 		consumed: s.m.metrics.Consumed.WithLabelValues(s.m.service, s.m.metrics.Subscription(s.opts.Subscription), claim.Topic()),
 		lag:      s.m.metrics.Lag.WithLabelValues(s.m.service, s.m.metrics.Subscription(s.opts.Subscription), claim.Topic(), pl),
 	}
@@ -397,6 +400,10 @@ func (s *stream) markDirty(p *partition) {
 		s.dirty = append(s.dirty, p)
 	}
 }
+
+// unknownMeta is never a real metadata string: the first flush of a partition always
+// marks, whatever the previous owner committed.
+const unknownMeta = "\x00"
 
 // flushMarks marks the commit point of partitions that changed, with what is
 // finished beyond it (sarama commits them).
