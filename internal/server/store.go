@@ -8,6 +8,8 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -22,20 +24,34 @@ import (
 // maxAppend is the most events one append may hold: positions leave room for 1024.
 const maxAppend = 1000
 
+// Pages of ReadAggregate and ReplayEvents: at most readPageRows / replayPageRows events,
+// and at most pageBytes as encoded in the response message. The store stops a page once
+// its events hold pageBytes (store.PageLimit; memory); sendPages then splits it so that
+// no message passes pageBytes, unless it holds a single larger event. pageBytes is well
+// below the 4 MiB that gRPC clients accept by default, also for Structs (larger than
+// the JSON they come from).
+const (
+	readPageRows   = 500
+	replayPageRows = 1000
+	pageBytes      = 1 << 20
+)
+
 // Kicker wakes the outbox relay after an append commits.
 type Kicker interface{ Kick() }
 
 // EventStoreService implements eventgw.v1.EventStoreService.
 type EventStoreService struct {
 	eventgwv1.UnimplementedEventStoreServiceServer
-	events     *store.Events
-	appender   *store.Appender
-	snapshots  *store.Snapshotter
-	pub        *publish.Publisher
-	relay      Kicker
-	maxEvents  int
-	maxBytes   int
-	replayPage int
+	events    *store.Events
+	appender  *store.Appender
+	snapshots *store.Snapshotter
+	pub       *publish.Publisher
+	relay     Kicker
+	maxEvents int
+	maxBytes  int
+	// replay and read bound the pages read; msgBytes the messages sent (see pageBytes).
+	replay, read store.PageLimit
+	msgBytes     int
 	// toEvent maps a stored event to the event published for it (the outbox's mapping).
 	toEvent func(*store.StoredEvent) event.Event
 }
@@ -49,7 +65,8 @@ func NewEventStoreService(events *store.Events, appender *store.Appender, snaps 
 	}
 	return &EventStoreService{
 		events: events, appender: appender, snapshots: snaps, pub: pub, relay: relay,
-		maxEvents: maxBatch, maxBytes: maxEventBytes, replayPage: 1000, toEvent: toEvent,
+		maxEvents: maxBatch, maxBytes: maxEventBytes, replay: store.PageLimit{Rows: replayPageRows, Bytes: pageBytes},
+		read: store.PageLimit{Rows: readPageRows, Bytes: pageBytes}, msgBytes: pageBytes, toEvent: toEvent,
 	}
 }
 
@@ -256,6 +273,28 @@ func storedStruct(b []byte) (*structpb.Struct, bool) {
 	return st, true
 }
 
+// sendPages converts a page of events and sends it as messages of at most maxBytes
+// encoded (a single larger event goes alone), in order: send gets each message's events.
+func sendPages(evs []store.StoredEvent, asJSON bool, maxBytes int, send func([]*eventgwv1.StoredEvent) error) error {
+	out := toStoredPage(evs, asJSON)
+	start, size := 0, 0
+	for i, e := range out {
+		// The event's field in the response: its tag, its length and the event.
+		n := protowire.SizeBytes(proto.Size(e)) + 1
+		if i > start && size+n > maxBytes {
+			if err := send(out[start:i]); err != nil {
+				return err
+			}
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(out) {
+		return send(out[start:])
+	}
+	return nil
+}
+
 func toStoredPage(evs []store.StoredEvent, asJSON bool) []*eventgwv1.StoredEvent {
 	backing := make([]eventgwv1.StoredEvent, len(evs))
 	out := make([]*eventgwv1.StoredEvent, len(evs))
@@ -285,9 +324,11 @@ func (s *EventStoreService) ReadAggregate(req *eventgwv1.ReadAggregateRequest, s
 	if req.GetFromVersion() < 0 {
 		return rewriteError(validate.Errorf("from_version", "must not be negative"))
 	}
-	err = s.events.ReadAggregate(stream.Context(), tenant, agg, req.GetFromVersion(), 500,
+	err = s.events.ReadAggregatePages(stream.Context(), tenant, agg, req.GetFromVersion(), s.read,
 		func(page []store.StoredEvent) error {
-			return stream.Send(&eventgwv1.ReadAggregateResponse{Events: toStoredPage(page, req.GetDataAsJson())})
+			return sendPages(page, req.GetDataAsJson(), s.msgBytes, func(evs []*eventgwv1.StoredEvent) error {
+				return stream.Send(&eventgwv1.ReadAggregateResponse{Events: evs})
+			})
 		})
 	return rewriteError(err)
 }
@@ -405,13 +446,15 @@ func (s *EventStoreService) ReplayEvents(req *eventgwv1.ReplayEventsRequest, str
 		}
 	}
 	ctx := stream.Context()
-	err = s.events.Replay(ctx, f, s.replayPage, func(page []store.StoredEvent) error {
+	err = s.events.ReplayPages(ctx, f, s.replay, func(page []store.StoredEvent) error {
 		if target != "" {
 			if err := s.republish(ctx, page, target); err != nil {
 				return err
 			}
 		}
-		return stream.Send(&eventgwv1.ReplayEventsResponse{Events: toStoredPage(page, req.GetDataAsJson())})
+		return sendPages(page, req.GetDataAsJson(), s.msgBytes, func(evs []*eventgwv1.StoredEvent) error {
+			return stream.Send(&eventgwv1.ReplayEventsResponse{Events: evs})
+		})
 	})
 	return rewriteError(err)
 }

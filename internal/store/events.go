@@ -388,9 +388,38 @@ func scanEvent(rows pgx.Rows, e *StoredEvent) error {
 	return nil
 }
 
+// PageLimit bounds the pages of events ReadAggregate and Replay read: at most Rows
+// events, and no more events once the page holds Bytes (EventBytes) or more; a single
+// event larger than Bytes makes a page alone. Bytes 0: rows only. The next page starts
+// after the last event of the previous one, so a page cut by bytes loses nothing.
+//
+// Bytes bound the memory a page holds (Bytes plus one event) and, through the caller,
+// the size of the message it makes: a page of Rows events of --max-event-bytes each
+// would otherwise be far over any gRPC message limit.
+type PageLimit struct {
+	Rows  int
+	Bytes int
+}
+
+// eventOverhead is what an event's fixed fields (ids, version, times, position) count
+// for a page's bytes.
+const eventOverhead = 128
+
+// EventBytes is what an event counts for a page's byte bound: its data, metadata and
+// names, and its fixed fields.
+func EventBytes(e *StoredEvent) int {
+	return len(e.Data) + len(e.Metadata) + len(e.Type) + len(e.AggregateType) + eventOverhead
+}
+
 // ReadAggregate calls fn with pages of the aggregate's events from version from on, in
-// version order. It answers ErrNotFound when the tenant has no such aggregate.
+// version order, page events at a time. It answers ErrNotFound when the tenant has no
+// such aggregate.
 func (s *Events) ReadAggregate(ctx context.Context, tenantID, aggregateID string, from int64, page int, fn func([]StoredEvent) error) error {
+	return s.ReadAggregatePages(ctx, tenantID, aggregateID, from, PageLimit{Rows: page}, fn)
+}
+
+// ReadAggregatePages is ReadAggregate with pages bounded by lim (rows and bytes).
+func (s *Events) ReadAggregatePages(ctx context.Context, tenantID, aggregateID string, from int64, lim PageLimit, fn func([]StoredEvent) error) error {
 	if err := Do(ctx, s.breaker, ReadOnly, "read aggregate", func(ctx context.Context) error {
 		_, _, err := s.aggregate(ctx, tenantID, aggregateID)
 		return err
@@ -400,32 +429,48 @@ func (s *Events) ReadAggregate(ctx context.Context, tenantID, aggregateID string
 	if from < 1 {
 		from = 1
 	}
-	return paged(func(prev []StoredEvent) ([]StoredEvent, int64, error) {
+	return paged(lim, func(prev []StoredEvent, rows int) ([]StoredEvent, bool, error) {
 		if prev != nil {
 			from = prev[len(prev)-1].Version + 1
 		}
 		// The tenant owns the aggregate (checked above): all its events are the tenant's.
-		batch, err := s.events(ctx, `SELECT `+eventColumns+` FROM stored_events
+		return s.events(ctx, lim.Bytes, `SELECT `+eventColumns+` FROM stored_events
 			WHERE aggregate_id = $1 AND version >= $2 ORDER BY version LIMIT $3`,
-			aggregateID, from, page)
-		return batch, int64(page), err
+			aggregateID, from, rows)
 	}, fn)
 }
 
-// paged calls fn with each page next reads (next gets the previous page, nil at first,
-// and answers a page and the size asked for), until a page comes back short.
-func paged(next func(prev []StoredEvent) ([]StoredEvent, int64, error), fn func([]StoredEvent) error) error {
+// firstPageRows is the row limit of a first page bounded by bytes: pages grow from it
+// while they are neither full of bytes nor short (so a page of big events does not
+// read lim.Rows of them only to drop all but the first few).
+const firstPageRows = 64
+
+// paged calls fn with each page next reads, until a page comes back short. next gets the
+// previous page (nil at first) and the most rows to read, and answers the page and
+// whether it was cut by lim.Bytes (not the end, however short). The row limit adapts
+// when lim.Bytes is set: it doubles after a full page, and after a cut one it becomes a
+// little more than the rows that fitted, so that few rows are read past the cut.
+func paged(lim PageLimit, next func(prev []StoredEvent, rows int) ([]StoredEvent, bool, error), fn func([]StoredEvent) error) error {
 	var prev []StoredEvent
+	rows := lim.Rows
+	if lim.Bytes > 0 {
+		rows = min(rows, firstPageRows)
+	}
 	for {
-		batch, limit, err := next(prev)
+		batch, cut, err := next(prev, rows)
 		if err != nil || len(batch) == 0 {
 			return err
 		}
 		if err := fn(batch); err != nil {
 			return err
 		}
-		if int64(len(batch)) < limit {
+		switch {
+		case cut:
+			rows = min(lim.Rows, len(batch)+len(batch)/2+1)
+		case len(batch) < rows:
 			return nil
+		default:
+			rows = min(lim.Rows, 2*rows)
 		}
 		prev = batch
 	}
@@ -433,31 +478,38 @@ func paged(next func(prev []StoredEvent) ([]StoredEvent, int64, error), fn func(
 
 // events reads one page of events, as a store call of its own (the pages' consumer
 // works between calls, outside the breaker).
-func (s *Events) events(ctx context.Context, sql string, args ...any) (out []StoredEvent, err error) {
+func (s *Events) events(ctx context.Context, maxBytes int, sql string, args ...any) (out []StoredEvent, cut bool, err error) {
 	err = Do(ctx, s.breaker, ReadOnly, "read events", func(ctx context.Context) error {
-		out, err = s.readEvents(ctx, sql, args...)
+		out, cut, err = s.readEvents(ctx, maxBytes, sql, args...)
 		return err
 	})
-	return out, err
+	return out, cut, err
 }
 
-func (s *Events) readEvents(ctx context.Context, sql string, args ...any) ([]StoredEvent, error) {
+// readEvents reads the rows of sql; with maxBytes > 0 it stops once they hold maxBytes
+// (EventBytes) or more, and reports the page cut.
+func (s *Events) readEvents(ctx context.Context, maxBytes int, sql string, args ...any) ([]StoredEvent, bool, error) {
 	rows, err := s.pool.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("read events: %w", err)
+		return nil, false, fmt.Errorf("read events: %w", err)
 	}
 	defer rows.Close()
 	var out []StoredEvent
-	for rows.Next() {
+	size, cut := 0, false
+	for !cut && rows.Next() {
 		out = append(out, StoredEvent{})
-		if err := scanEvent(rows, &out[len(out)-1]); err != nil {
-			return nil, fmt.Errorf("read events: %w", err)
+		e := &out[len(out)-1]
+		if err := scanEvent(rows, e); err != nil {
+			return nil, false, fmt.Errorf("read events: %w", err)
 		}
+		size += EventBytes(e)
+		cut = maxBytes > 0 && size >= maxBytes
 	}
+	rows.Close() // the rows after a cut are read and dropped
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read events: %w", err)
+		return nil, false, fmt.Errorf("read events: %w", err)
 	}
-	return out, nil
+	return out, cut, nil
 }
 
 // latestSQL reads an aggregate's latest event through the (aggregate_id, version) index;
@@ -635,6 +687,11 @@ type ReplayFilter struct {
 // positions below the oldest transaction still running (pg_snapshot_xmin), so an event
 // that commits later can never have a position below one already delivered.
 func (s *Events) Replay(ctx context.Context, f ReplayFilter, page int, fn func([]StoredEvent) error) error {
+	return s.ReplayPages(ctx, f, PageLimit{Rows: page}, fn)
+}
+
+// ReplayPages is Replay with pages bounded by lim (rows and bytes).
+func (s *Events) ReplayPages(ctx context.Context, f ReplayFilter, lim PageLimit, fn func([]StoredEvent) error) error {
 	after := f.AfterPosition
 	var sent int64
 	var types []string
@@ -652,19 +709,19 @@ func (s *Events) Replay(ctx context.Context, f ReplayFilter, page int, fn func([
 	if f.AggregateType != "" {
 		aggType = &f.AggregateType
 	}
-	return paged(func(prev []StoredEvent) ([]StoredEvent, int64, error) {
+	return paged(lim, func(prev []StoredEvent, rows int) ([]StoredEvent, bool, error) {
 		if prev != nil {
 			sent += int64(len(prev))
 			after = prev[len(prev)-1].Position
 		}
-		limit := int64(page)
+		limit := int64(rows)
 		if f.Limit > 0 && f.Limit-sent < limit {
 			limit = f.Limit - sent
 		}
 		if limit <= 0 {
-			return nil, 0, nil
+			return nil, false, nil
 		}
-		batch, err := s.events(ctx, `SELECT `+eventColumns+` FROM stored_events
+		return s.events(ctx, lim.Bytes, `SELECT `+eventColumns+` FROM stored_events
 			WHERE tenant_id = $1 AND position > $2
 			  AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 10)
 			  AND ($3::timestamptz IS NULL OR occurred_at >= $3)
@@ -673,6 +730,5 @@ func (s *Events) Replay(ctx context.Context, f ReplayFilter, page int, fn func([
 			  AND ($6::varchar IS NULL OR aggregate_type = $6)
 			ORDER BY position LIMIT $7`,
 			f.TenantID, after, from, to, types, aggType, limit)
-		return batch, limit, err
 	}, fn)
 }
