@@ -237,7 +237,7 @@ func Build(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *App, err
 	a.Subs = subscribe.NewManager(subscribe.Config{
 		Brokers: a.brokers, ClientID: "eventgw-" + cfg.ServiceName, Service: cfg.ServiceName,
 		Router: a.Router, Topics: topics, Decoder: a.Schemas, DeadLetters: dlq, Metrics: m, Log: log,
-		MaxHeldBytes: cfg.SubscribeMaxHeldBytes, SessionTimeout: cfg.SubscribeSessionTimeout,
+		MaxHeldBytes: cfg.SubscribeMaxHeldBytes, BudgetBytes: cfg.SubscribeBudgetBytes, SessionTimeout: cfg.SubscribeSessionTimeout,
 		Tenants: tenantSet(a.tenants), Security: out.kafka, Tracer: a.tracer,
 	})
 	a.closer.push(a.Subs.Close)

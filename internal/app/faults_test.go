@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -304,10 +305,14 @@ func faultSubscriberKilled(t *testing.T) testenv.FaultRow {
 	a := sub.start(t, "a", -1)
 	testenv.Eventually(t, 30*time.Second, "stream a consuming", func() bool { return sub.ackedBy("a") > 0 })
 	b := sub.start(t, "b", 20)
+	// The load's callers use four partition keys: events over many keys give b
+	// deliveries whichever partitions it is assigned.
+	spread := sub.spread(t)
 	testenv.Eventually(t, 60*time.Second, "stream b holding unacknowledged deliveries", func() bool { return sub.heldBy("b") >= 20 },
 		func() string {
 			return fmt.Sprintf("acked by a %d, by b %d; b holds %d", sub.ackedBy("a"), sub.ackedBy("b"), sub.heldBy("b"))
 		})
+	spread()
 	l.WaitProgress(20, 30*time.Second)
 	t.Logf("%v after the start: b has acknowledged %d and holds %d; killing it", time.Since(start).Round(time.Millisecond), sub.ackedBy("b"), sub.heldBy("b"))
 	b.stop() // killed mid-stream
@@ -400,8 +405,16 @@ func (f *faultSubscriber) start(t *testing.T, name string, ackFirst int) *faultS
 	f.holding[name] = map[string]bool{}
 	f.mu.Unlock()
 	t.Cleanup(fs.stop)
+	// Deliveries are checked as they arrive and acknowledged by a goroutine of their
+	// own: an Ack waiting out a rebalance must not delay the check of later deliveries
+	// (a delivery sent before another stream's Ack, read after it, is not a
+	// redelivery of an acknowledged event).
+	type batch struct{ ids, evs []string }
+	toAck := make(chan batch, 100000)
+	received := make(chan struct{})
 	go func() {
-		defer close(fs.done)
+		defer close(received)
+		defer close(toAck)
 		for {
 			resp, err := stream.Recv()
 			if err != nil {
@@ -433,9 +446,16 @@ func (f *faultSubscriber) start(t *testing.T, name string, ackFirst int) *faultS
 				evs = append(evs, id)
 			}
 			f.mu.Unlock()
-			if len(ids) == 0 {
-				continue
+			if len(ids) > 0 {
+				toAck <- batch{ids, evs}
 			}
+		}
+	}()
+	go func() {
+		defer close(fs.done)
+		defer func() { <-received }()
+		for b := range toAck {
+			ids, evs := b.ids, b.evs
 			actx, acancel := context.WithTimeout(ctx, 10*time.Second)
 			r, err := f.s.events.Ack(actx, &eventgwv1.AckRequest{Subscription: "fault-suite", DeliveryIds: ids})
 			acancel()
@@ -445,6 +465,8 @@ func (f *faultSubscriber) start(t *testing.T, name string, ackFirst int) *faultS
 				f.failed[status.Code(err)]++
 				f.mu.Unlock()
 				if ctx.Err() != nil {
+					for range toAck { // the stream is gone: nothing more is acknowledged
+					}
 					return
 				}
 				continue // not acknowledged: delivered again after the ack deadline
@@ -465,6 +487,36 @@ func (f *faultSubscriber) start(t *testing.T, name string, ackFirst int) *faultS
 		}
 	}()
 	return fs
+}
+
+// spread publishes a batch of events over 50 partition keys to the subscriber's topic
+// every 100 ms until the returned stop is called.
+func (f *faultSubscriber) spread(t *testing.T) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	eventType := strings.Split(f.topic, ".")[1] + ".spread"
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			evs := make([]*eventgwv1.Event, 50)
+			for i := range evs {
+				evs[i] = &eventgwv1.Event{EventType: eventType, TenantId: tenantA, PartitionKey: uuid.NewString(),
+					Data: &eventgwv1.Event_PayloadJson{PayloadJson: []byte(`{"spread":true}`)}}
+			}
+			if _, err := f.s.events.PublishBatch(ctx, &eventgwv1.PublishBatchRequest{Events: evs}); err != nil && ctx.Err() == nil {
+				t.Logf("spread publish: %v", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
 }
 
 func (f *faultSubscriber) ackedBy(name string) int {

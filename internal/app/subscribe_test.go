@@ -420,6 +420,70 @@ func TestSubscribeFlowControl(t *testing.T) {
 	}
 }
 
+// TestSubscribeSidecarBudget: streams that never ack stop fetching when all of them
+// together hold --subscribe-budget-bytes, although each is far under its own limits;
+// acks free the budget and every stream then gets everything.
+func TestSubscribeSidecarBudget(t *testing.T) {
+	const budget = 8 << 20
+	s := startSidecar(t, func(c *config.Config) {
+		c.SubscribeBudgetBytes, c.SubscribeMaxHeldBytes = budget, budget
+		c.Partitions = 3 // a small read-ahead beyond the budget
+	})
+	var us []*sub
+	for _, name := range []string{"budget-a", "budget-b", "budget-c"} {
+		u := subscribeTo(t, s, &eventgwv1.SubscribeRequest{
+			Subscription: name, Topics: []string{"claims"}, MaxInFlight: 10000, PayloadAsJson: true,
+			Ordering: eventgwv1.Ordering_ORDERING_NONE, StartPosition: eventgwv1.StartPosition_START_POSITION_EARLIEST,
+		})
+		u.waitAssigned(3)
+		us = append(us, u)
+	}
+	const n, size = 6000, 4096 // 24 MiB: each stream alone may hold a third of it
+	publishPadded(t, s, "claims.submitted", n, size)
+	eventually(t, 30*time.Second, "the streams to stop fetching", func() bool { return s.app.Subs.Held().Paused })
+	time.Sleep(time.Second) // what was fetched when they paused arrives
+	held := s.app.Subs.Held()
+	// Past the budget by at most what sarama had fetched when each stream paused:
+	// 3 partitions × (64 buffered records + one 256 KiB fetch) per stream. Without
+	// the sidecar's budget they would hold 3 × 8 MiB.
+	slack := 3 * 3 * (64*(size+512) + 256<<10)
+	if held.Bytes > budget+slack || held.Events >= 3*n/2 {
+		t.Errorf("streams hold %+v with nothing acknowledged; budget %d (+%d read ahead)", held, budget, slack)
+	}
+	// Acknowledge everything: each stream gets all n events.
+	var wg sync.WaitGroup
+	counts := make([]int, len(us))
+	for i, u := range us {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			seen := map[string]bool{}
+			deadline := time.Now().Add(60 * time.Second)
+			for len(seen) < n && time.Now().Before(deadline) {
+				ds := pending(u.deliveries)
+				if len(ds) == 0 {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				for _, d := range ds {
+					seen[d.GetEventId()] = true
+				}
+				if _, err := s.events.Ack(callCtx(t), &eventgwv1.AckRequest{Subscription: u.name, DeliveryIds: ids(ds)}); err != nil {
+					t.Errorf("ack: %v", err)
+					return
+				}
+			}
+			counts[i] = len(seen)
+		}()
+	}
+	wg.Wait()
+	for i, c := range counts {
+		if c != n {
+			t.Errorf("stream %s got %d distinct events, want %d", us[i].name, c, n)
+		}
+	}
+}
+
 func pending(ch chan *eventgwv1.Delivery) []*eventgwv1.Delivery {
 	var out []*eventgwv1.Delivery
 	for {

@@ -35,6 +35,9 @@ func (c *Config) validateBounds() []error {
 			errs = append(errs, fmt.Errorf("%s must be positive", name))
 		}
 	}
+	if c.SubscribeMaxHeldBytes < 1 || c.SubscribeBudgetBytes < int64(c.SubscribeMaxHeldBytes) {
+		errs = append(errs, fmt.Errorf("--subscribe-budget-bytes (%d) must be at least --subscribe-max-held-bytes (%d), which must be positive", c.SubscribeBudgetBytes, c.SubscribeMaxHeldBytes))
+	}
 	atLeast := []struct {
 		name string
 		v    int
@@ -105,7 +108,7 @@ func (c *Config) PeakHeap(subscribeStreams int) (int64, []MemoryTerm) {
 		{"PublishStream requests not answered: --publish-budget-bytes", int64(c.PublishBudgetBytes)},
 		{"appends waiting to be written: --append-queue-bytes", int64(c.AppendQueueBytes)},
 		{"publish metric series: (--metrics-max-services+1) × (--metrics-max-event-types+1) × 5 series", int64(c.MetricsMaxServices+1) * int64(c.MetricsMaxEventTypes+1) * 5 * MemPerSeries},
-		{"Subscribe streams × --subscribe-max-held-bytes", int64(subscribeStreams) * int64(c.SubscribeMaxHeldBytes)},
+		{"Subscribe streams: min(streams × --subscribe-max-held-bytes, --subscribe-budget-bytes)", min(int64(subscribeStreams)*int64(c.SubscribeMaxHeldBytes), c.SubscribeBudgetBytes)},
 	}
 	var total int64
 	for _, t := range terms {

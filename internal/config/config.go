@@ -60,6 +60,7 @@ type Config struct {
 
 	SubscribeSessionTimeout time.Duration
 	SubscribeMaxHeldBytes   int
+	SubscribeBudgetBytes    int64
 
 	// Memory bounds (README "Memory"): what callers can make the sidecar hold.
 	PublishStreamBudgetBytes int
@@ -126,6 +127,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.SnapshotEvery, "snapshot-every", 100, "write an aggregate snapshot automatically every this many events (0: never)")
 	fs.DurationVar(&c.SubscribeSessionTimeout, "subscribe-session-timeout", 10*time.Second, "consumer group session timeout: how long the partitions of a subscriber that vanished (a killed sidecar) wait before moving to the others")
 	fs.IntVar(&c.SubscribeMaxHeldBytes, "subscribe-max-held-bytes", 64<<20, "bytes of events one Subscribe stream may hold (delivered and read ahead); past it the stream stops fetching until acks free room")
+	fs.Int64Var(&c.SubscribeBudgetBytes, "subscribe-budget-bytes", 256<<20, "bytes of events all Subscribe streams together may hold; at it every stream stops fetching until acks bring the total under half of it")
 	fs.IntVar(&c.PublishStreamBudgetBytes, "publish-stream-budget-bytes", 16<<20, "memory one PublishStream may hold in requests received and not yet answered; at it the stream stops reading until answers free room")
 	fs.IntVar(&c.PublishBudgetBytes, "publish-budget-bytes", 128<<20, "memory all PublishStreams together may hold in requests received and not yet answered; streams stop reading at 3/4 of it, and a request that would pass it is answered RESOURCE_EXHAUSTED")
 	fs.IntVar(&c.UnaryBudgetBytes, "unary-budget-bytes", 64<<20, "memory the unary calls being handled may hold in their requests; past it new calls are answered RESOURCE_EXHAUSTED")

@@ -2,6 +2,7 @@ package subscribe
 
 import (
 	"encoding/base64"
+	"math/bits"
 	"strings"
 
 	"github.com/IBM/sarama"
@@ -78,6 +79,18 @@ func parseAhead(committed int64, meta string) *skipSet {
 func (s *skipSet) has(offset int64) bool {
 	i := offset - s.base
 	return i >= 0 && i < int64(len(s.bits))*8 && s.bits[i/8]&(1<<(i%8)) != 0
+}
+
+// count is how many offsets s holds (0 for nil).
+func (s *skipSet) count() int {
+	if s == nil {
+		return 0
+	}
+	n := 0
+	for _, b := range s.bits {
+		n += bits.OnesCount8(b)
+	}
+	return n
 }
 
 func (s *skipSet) past(offset int64) bool { return offset-s.base >= int64(len(s.bits))*8 }

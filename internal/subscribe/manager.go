@@ -44,6 +44,9 @@ type Config struct {
 	// MaxHeldBytes bounds the bytes of records one stream holds (delivered or read
 	// ahead); past it the stream stops fetching.
 	MaxHeldBytes int
+	// BudgetBytes bounds the bytes all streams hold together; at it every stream
+	// stops fetching until acks bring the total under half of it.
+	BudgetBytes int64
 	// SessionTimeout is the consumer group session timeout: how long a member that
 	// stopped heart-beating (a killed sidecar) keeps its partitions.
 	SessionTimeout time.Duration
@@ -68,7 +71,9 @@ type Manager struct {
 	metrics      *metrics.Metrics
 	log          *zap.Logger
 	maxHeldBytes int
-	instance     string // tells this process's delivery ids from any other's
+	budget       int64
+	heldBytes    atomic.Int64 // over all streams
+	instance     string       // tells this process's delivery ids from any other's
 
 	mu      sync.RWMutex
 	streams map[uint64]*stream
@@ -82,6 +87,9 @@ func NewManager(cfg Config) *Manager {
 	if cfg.MaxHeldBytes <= 0 {
 		cfg.MaxHeldBytes = 64 << 20
 	}
+	if cfg.BudgetBytes <= 0 {
+		cfg.BudgetBytes = 256 << 20
+	}
 	if cfg.SessionTimeout <= 0 {
 		cfg.SessionTimeout = 10 * time.Second
 	}
@@ -90,7 +98,7 @@ func NewManager(cfg Config) *Manager {
 	}
 	return &Manager{
 		cfg: cfg, service: cfg.Service, router: cfg.Router, decoder: cfg.Decoder, deadLetters: cfg.DeadLetters,
-		metrics: cfg.Metrics, log: cfg.Log, maxHeldBytes: cfg.MaxHeldBytes, instance: newInstance(),
+		metrics: cfg.Metrics, log: cfg.Log, maxHeldBytes: cfg.MaxHeldBytes, budget: cfg.BudgetBytes, instance: newInstance(),
 		streams: map[uint64]*stream{},
 	}
 }

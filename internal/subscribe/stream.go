@@ -231,7 +231,8 @@ func (s *stream) claimPartition(sess sarama.ConsumerGroupSession, claim sarama.C
 	s.mu.Lock()
 	s.parts[topicPart{p.topic, p.id}] = p
 	s.mu.Unlock()
-	s.log.Debug("partition assigned", zap.String("topic", p.topic), zap.Int32("partition", p.id))
+	s.log.Debug("partition assigned", zap.String("topic", p.topic), zap.Int32("partition", p.id),
+		zap.Int64("offset", p.next), zap.Int("finished_ahead", p.skip.count()))
 	s.notifyAssignment()
 	return p
 }
@@ -247,7 +248,9 @@ func (s *stream) notifyAssignment() {
 // revoke drops what the stream holds of p: nothing of it can be acknowledged any more.
 func (s *stream) revoke(p *partition) {
 	s.mu.Lock()
+	s.flushMarks() // what is finished is marked before sarama commits the partition away
 	p.revoked = true
+	marked, ahead := p.marked, p.meta
 	for _, m := range p.pending[p.head:] {
 		if m.state == stDone {
 			continue
@@ -262,7 +265,8 @@ func (s *stream) revoke(p *partition) {
 	s.maybeResume()
 	s.mu.Unlock()
 	s.m.metrics.Lag.DeleteLabelValues(s.m.service, s.m.metrics.Subscription(s.opts.Subscription), p.topic, strconv.Itoa(int(p.id)))
-	s.log.Debug("partition revoked", zap.String("topic", p.topic), zap.Int32("partition", p.id))
+	s.log.Debug("partition revoked", zap.String("topic", p.topic), zap.Int32("partition", p.id),
+		zap.Int64("marked", marked), zap.Int("finished_ahead", parseAhead(max(marked, 0), ahead).count()))
 	s.notifyAssignment()
 }
 
@@ -273,6 +277,7 @@ func (s *stream) forget(m *msg) {
 	delete(s.bySeq, m.seq)
 	s.held--
 	s.heldBytes -= m.size
+	s.m.heldBytes.Add(-int64(m.size))
 }
 
 // add holds a record read from p (or finishes it at once when filtered out).
@@ -310,6 +315,7 @@ func (s *stream) add(p *partition, rec *sarama.ConsumerMessage) {
 	s.bySeq[m.seq] = m
 	s.held++
 	s.heldBytes += m.size
+	s.m.heldBytes.Add(int64(m.size))
 	p.pending = append(p.pending, m)
 	var name string
 	switch s.opts.Ordering {
@@ -335,9 +341,10 @@ func (s *stream) add(p *partition, rec *sarama.ConsumerMessage) {
 	s.afterAdd()
 }
 
-// afterAdd pauses fetching when the stream holds too much, and unlocks.
+// afterAdd pauses fetching when the stream, or all streams together, hold too much,
+// and unlocks.
 func (s *stream) afterAdd() {
-	if !s.paused && (s.held >= s.maxHeld() || s.heldBytes >= s.m.maxHeldBytes) {
+	if !s.paused && (s.held >= s.maxHeld() || s.heldBytes >= s.m.maxHeldBytes || s.m.heldBytes.Load() >= s.m.budget) {
 		s.paused = true
 		s.group.PauseAll()
 	}
@@ -345,8 +352,10 @@ func (s *stream) afterAdd() {
 	s.wake()
 }
 
+// maybeResume resumes fetching once the stream and all streams are down to half their
+// bounds (tick checks it too: other streams' acks free the sidecar's budget).
 func (s *stream) maybeResume() {
-	if s.paused && s.held <= s.maxHeld()/2 && s.heldBytes <= s.m.maxHeldBytes/2 {
+	if s.paused && s.held <= s.maxHeld()/2 && s.heldBytes <= s.m.maxHeldBytes/2 && s.m.heldBytes.Load() <= s.m.budget/2 {
 		s.paused = false
 		s.group.ResumeAll()
 	}
@@ -547,6 +556,7 @@ func (s *stream) tick(now time.Time) {
 		}
 	}
 	s.flushMarks()
+	s.maybeResume()
 	if woke {
 		s.wake()
 	}
