@@ -26,7 +26,7 @@ var sagaEngines sync.Map // *App → *saga.Engine
 // workers reconnect to another sidecar and keep the tasks they hold (their leases stay).
 func (a *App) buildSagas(ctx context.Context, _ *publish.Publisher, _ *metrics.Metrics) (eventgwv1.SagaServiceServer, error) {
 	e := saga.New(saga.Config{
-		Store: store.NewSagas(a.Pool), Metrics: metrics.NewSaga(a.Registry), Log: a.log,
+		Store: store.NewSagas(a.Pool, store.WithBreaker(a.Breakers.Postgres)), Metrics: metrics.NewSaga(a.Registry), Log: a.log,
 		Service: a.cfg.ServiceName, Kick: a.Relay.Kick, Tenants: a.tenants,
 	})
 	sagaEngines.Store(a, e)

@@ -523,7 +523,7 @@ func (e *Engine) notifier(ctx context.Context) {
 		if len(payload) > maxNotifyPayload {
 			payload = e.instance + "|*"
 		}
-		if _, err := e.st.Pool().Exec(ctx, `SELECT pg_notify($1, $2)`, notifyChannel, payload); err != nil && ctx.Err() == nil {
+		if err := e.st.Notify(ctx, notifyChannel, payload); err != nil && ctx.Err() == nil {
 			e.log.Debug("saga notify failed (other sidecars poll anyway)", redact.Error(err))
 		}
 	}

@@ -373,8 +373,11 @@ func (e *Engine) Fail(ctx context.Context, taskID, errorType, errorMessage strin
 
 // transition runs one state change: lock, compute, write, commit; then wakes workers
 // and the relay. A definition not cached yet is read outside the transaction, which
-// then starts again (so that no transaction waits for a second connection).
+// then starts again (so that no transaction waits for a second connection). A commit
+// that failed for PostgreSQL's reasons having written nothing (store.TxRetriable) runs
+// the whole change again, after a backoff: the saga is locked and decided anew.
 func (e *Engine) transition(ctx context.Context, lock func() (*store.SagaTx, error), apply func(*Machine, *store.SagaTx) (Change, error)) (Change, error) {
+	wait := txRetryBase
 	for range 3 {
 		tx, err := lock()
 		if err != nil {
@@ -399,6 +402,10 @@ func (e *Engine) transition(ctx context.Context, lock func() (*store.SagaTx, err
 			for _, p := range pushes {
 				e.unhold(p.task.TaskID)
 			}
+			if store.TxRetriable(err) && sleepCtx(ctx, wait) {
+				wait *= 4
+				continue
+			}
 			return Change{}, err
 		}
 		for _, p := range pushes {
@@ -407,7 +414,23 @@ func (e *Engine) transition(ctx context.Context, lock func() (*store.SagaTx, err
 		e.after(&ch)
 		return ch, nil
 	}
-	return Change{}, redact.Sentinel("saga: workflow definition kept missing from the cache")
+	return Change{}, redact.Sentinel("saga: the state change could not be made: its definition kept missing from the cache, or its commit kept failing")
+}
+
+// txRetryBase is the wait before a state change runs again after a commit that wrote
+// nothing (then 4 times longer), as store.Do's retries.
+const txRetryBase = 50 * time.Millisecond
+
+// sleepCtx waits d, or answers false if ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // after runs once a change committed: workers of its new tasks are woken (here and,

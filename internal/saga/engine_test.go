@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/eventgw/eventgw/internal/metrics"
+	"github.com/eventgw/eventgw/internal/resilience"
 	"github.com/eventgw/eventgw/internal/saga"
 	"github.com/eventgw/eventgw/internal/store"
 	"github.com/eventgw/eventgw/internal/testenv"
@@ -32,7 +33,7 @@ type engineEnv struct {
 	reg    *prometheus.Registry
 }
 
-func newEngine(t *testing.T, dsn string, mutate func(*saga.Config)) *engineEnv {
+func newEngine(t *testing.T, dsn string, mutate func(*saga.Config), opts ...store.Option) *engineEnv {
 	t.Helper()
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, dsn)
@@ -45,7 +46,7 @@ func newEngine(t *testing.T, dsn string, mutate func(*saga.Config)) *engineEnv {
 	}
 	reg := prometheus.NewRegistry()
 	cfg := saga.Config{
-		Store: store.NewSagas(pool), Metrics: metrics.NewSaga(reg), Log: zap.NewNop(), Service: "svc",
+		Store: store.NewSagas(pool, opts...), Metrics: metrics.NewSaga(reg), Log: zap.NewNop(), Service: "svc",
 		PollInterval: 100 * time.Millisecond,
 	}
 	if mutate != nil {
@@ -221,5 +222,103 @@ func TestSagaMetricLabelsBounded(t *testing.T) {
 		if total != workflows || got[metrics.Other] != float64(workflows-c.kept) {
 			t.Errorf("%s: %v: want %d in all, %d under %q", c.metric, got, workflows, workflows-c.kept, metrics.Other)
 		}
+	}
+}
+
+// TestSagaEngineThroughPostgresOutage: during an outage the engine's calls answer the
+// store's retriable *store.UnavailableError (StartSaga, an answer) and their failures
+// open the postgres breaker; once PostgreSQL is back (breaker half-open, then closed)
+// the same answer is accepted, the worker's stream, which lived through the outage,
+// gets the next task, and new sagas start and complete.
+func TestSagaEngineThroughPostgresOutage(t *testing.T) {
+	pg := testenv.StoppablePostgres(t)
+	reg := prometheus.NewRegistry()
+	settings := resilience.DefaultSettings()
+	settings.Timeout = 200 * time.Millisecond
+	b := store.NewBreaker("svc", settings, resilience.NewMetrics(reg), zap.NewNop())
+	env := newEngine(t, pg.DSN("postgres"), nil, store.WithBreaker(b))
+	ctx := context.Background()
+	def := &saga.Definition{WorkflowID: "outage", Steps: []saga.Step{
+		{ID: "s1", Action: "out.do1", TimeoutSeconds: 300}, {ID: "s2", Action: "out.do2", TimeoutSeconds: 300},
+	}}
+	if _, _, err := env.engine.Register(ctx, def); err != nil {
+		t.Fatal(err)
+	}
+	tasks := make(chan saga.Task, 16)
+	poll(t, env.engine, []string{"out.do1", "out.do2"}, func(task saga.Task) { tasks <- task })
+	next := func() saga.Task {
+		t.Helper()
+		select {
+		case task := <-tasks:
+			return task
+		case <-time.After(30 * time.Second):
+			t.Fatal("no task")
+			return saga.Task{}
+		}
+	}
+	tenant := uuid.NewString()
+	sg, _, err := env.engine.Start(ctx, saga.StartRequest{WorkflowID: "outage", TenantID: tenant})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := next()
+
+	pg.Stop()
+	unavailable := func(what string, err error) {
+		t.Helper()
+		var ue *store.UnavailableError
+		if !errors.As(err, &ue) || !resilience.Retriable(err) {
+			t.Fatalf("%s with PostgreSQL down: %v, want a retriable *store.UnavailableError", what, err)
+		}
+	}
+	for i := 0; b.State() == resilience.Closed; i++ {
+		if i == 10 {
+			t.Fatal("the breaker did not open")
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		unavailable("Complete", env.engine.Complete(cctx, first.TaskID, []byte(`{"bed":"b1"}`)))
+		_, _, err := env.engine.Start(cctx, saga.StartRequest{WorkflowID: "outage", TenantID: tenant})
+		cancel()
+		unavailable("Start", err)
+	}
+
+	pg.Start()
+	waitFor(t, 60*time.Second, "the answer accepted after PostgreSQL came back", func() error {
+		return env.engine.Complete(ctx, first.TaskID, []byte(`{"bed":"b1"}`))
+	})
+	second := next()
+	if second.SagaID != sg.ID || second.StepID != "s2" {
+		t.Fatalf("after the outage the stream got %s/%s, want %s/s2", second.SagaID, second.StepID, sg.ID)
+	}
+	if err := env.engine.Complete(ctx, second.TaskID, nil); err != nil {
+		t.Fatal(err)
+	}
+	sg2, _, err := env.engine.Start(ctx, saga.StartRequest{WorkflowID: "outage", TenantID: tenant})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		task := next()
+		if task.SagaID != sg2.ID {
+			t.Fatalf("task of saga %s, want %s", task.SagaID, sg2.ID)
+		}
+		if err := env.engine.Complete(ctx, task.TaskID, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{sg.ID, sg2.ID} {
+		waitFor(t, 20*time.Second, "saga "+id+" completed", func() error {
+			v, err := env.engine.Get(ctx, tenant, id)
+			if err != nil {
+				return err
+			}
+			if v.Saga.State != saga.StateCompleted {
+				return errors.New(v.Saga.State)
+			}
+			return nil
+		})
+	}
+	if b.State() != resilience.Closed {
+		t.Errorf("breaker %v after recovery", b.State())
 	}
 }

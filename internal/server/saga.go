@@ -65,9 +65,9 @@ func sagaError(err error) error {
 	case errors.Is(err, saga.ErrShutdown):
 		return status.Error(codes.Unavailable, err.Error())
 	}
-	// The saga store's statements do not all run inside store.Do: classify what they
-	// met (a PostgreSQL restart is Unavailable, not Internal).
-	return rewriteError(store.ClassifyError(context.Background(), "saga", err))
+	// The saga store's calls run inside store.Do: their errors are in the store's
+	// classes already (a PostgreSQL restart is Unavailable, not Internal).
+	return rewriteError(err)
 }
 
 // RegisterWorkflow implements SagaService.RegisterWorkflow.

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/eventgw/eventgw/internal/redact"
+	"github.com/eventgw/eventgw/internal/resilience"
 	"github.com/eventgw/eventgw/internal/validate"
 )
 
@@ -106,13 +107,56 @@ type SagaEvent struct {
 }
 
 // Sagas is the saga tables (and the saga events in stored_events).
-type Sagas struct{ pool *pgxpool.Pool }
+//
+// Every method runs its statements inside Do, as the event store's: errors come in
+// this package's classes, the postgres breaker (WithBreaker) counts each call, and a
+// call that failed for PostgreSQL's reasons is retried when that is safe: reads, and
+// writes that never reached the server. A state change is two calls, LockByTask (or
+// LockSaga, LockByTasks) and Commit, with the engine's decision between them: the lock
+// is retried (it writes nothing), the commit never is (the transaction it ends is gone
+// with a failed connection); the engine runs the whole change again instead when
+// TxRetriable says nothing was written.
+type Sagas struct {
+	pool    *pgxpool.Pool
+	breaker *resilience.Breaker
+}
 
 // NewSagas uses pool.
-func NewSagas(pool *pgxpool.Pool) *Sagas { return &Sagas{pool: pool} }
+func NewSagas(pool *pgxpool.Pool, opts ...Option) *Sagas {
+	return &Sagas{pool: pool, breaker: buildOptions(opts).breaker}
+}
 
 // Pool is the pool the store uses.
 func (s *Sagas) Pool() *pgxpool.Pool { return s.pool }
+
+// doOnce is Do without retries: for the second half of a transaction, which cannot be
+// run again alone.
+func doOnce(ctx context.Context, b *resilience.Breaker, op string, f func(context.Context) error) error {
+	if b != nil {
+		if err := b.Allow(); err != nil {
+			return &UnavailableError{Op: op, open: err}
+		}
+	}
+	err := classify(ctx, ReadWrite, op, f(ctx))
+	if b != nil {
+		b.Done(err)
+	}
+	return err
+}
+
+// TxRetriable reports whether a saga state change that failed with err (its lock or its
+// commit) wrote nothing for PostgreSQL's reasons, so that it may run again whole: lock,
+// decision, commit. (A commit cut off after it was sent has an unknown outcome: not
+// retried.)
+func TxRetriable(err error) bool { return safeToRetry(err) }
+
+// Notify sends a notification on channel (pg_notify).
+func (s *Sagas) Notify(ctx context.Context, channel, payload string) error {
+	return Do(ctx, s.breaker, ReadWrite, "saga notify", func(ctx context.Context) error {
+		_, err := s.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, channel, payload)
+		return err
+	})
+}
 
 // registerSQL inserts a new version unless the latest one has the same digest; it
 // answers the inserted version (NULL if none) and the latest one before.
@@ -129,29 +173,42 @@ SELECT (SELECT version FROM ins), (SELECT version FROM latest)`
 // RegisterWorkflow stores definition (JSON) as the workflow's next version unless the
 // latest version has the same digest. It answers the version new sagas get and
 // whether it was created.
-func (s *Sagas) RegisterWorkflow(ctx context.Context, id string, definition, digest []byte) (int32, bool, error) {
-	for attempt := 0; ; attempt++ {
-		var inserted, latest *int32
-		err := s.pool.QueryRow(ctx, registerSQL, id, string(definition), digest).Scan(&inserted, &latest)
-		var pgErr *pgconn.PgError
-		switch {
-		case err == nil && inserted != nil:
-			return *inserted, true, nil
-		case err == nil && latest != nil:
-			return *latest, false, nil
-		case err == nil:
-			return 0, false, fmt.Errorf("register workflow %s: no version answered", id)
-		case errors.As(err, &pgErr) && pgErr.Code == "23505" && attempt < 10:
-			continue // another sidecar registered a version at the same time: look again
-		default:
-			return 0, false, fmt.Errorf("register workflow %s: %w", id, err)
+func (s *Sagas) RegisterWorkflow(ctx context.Context, id string, definition, digest []byte) (version int32, created bool, err error) {
+	err = Do(ctx, s.breaker, ReadWrite, "register workflow", func(ctx context.Context) error {
+		for attempt := 0; ; attempt++ {
+			var inserted, latest *int32
+			err := s.pool.QueryRow(ctx, registerSQL, id, string(definition), digest).Scan(&inserted, &latest)
+			var pgErr *pgconn.PgError
+			switch {
+			case err == nil && inserted != nil:
+				version, created = *inserted, true
+				return nil
+			case err == nil && latest != nil:
+				version, created = *latest, false
+				return nil
+			case err == nil:
+				return fmt.Errorf("register workflow %s: no version answered", id)
+			case errors.As(err, &pgErr) && pgErr.Code == "23505" && attempt < 10:
+				continue // another sidecar registered a version at the same time: look again
+			default:
+				return fmt.Errorf("register workflow %s: %w", id, err)
+			}
 		}
-	}
+	})
+	return version, created, err
 }
 
 // Workflow answers a workflow's definition (JSON) at version, or at its latest version
 // when version is 0, and that version. ErrWorkflowNotFound when there is none.
-func (s *Sagas) Workflow(ctx context.Context, id string, version int32) ([]byte, int32, error) {
+func (s *Sagas) Workflow(ctx context.Context, id string, version int32) (def []byte, v int32, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "read workflow", func(ctx context.Context) error {
+		def, v, err = s.workflow(ctx, id, version)
+		return err
+	})
+	return def, v, err
+}
+
+func (s *Sagas) workflow(ctx context.Context, id string, version int32) ([]byte, int32, error) {
 	var def []byte
 	var v int32
 	err := s.pool.QueryRow(ctx, `SELECT definition, version FROM saga_workflows
@@ -167,16 +224,18 @@ func (s *Sagas) Workflow(ctx context.Context, id string, version int32) ([]byte,
 
 // LatestWorkflowVersion answers the latest version of a workflow (ErrWorkflowNotFound
 // when none).
-func (s *Sagas) LatestWorkflowVersion(ctx context.Context, id string) (int32, error) {
-	var v int32
-	err := s.pool.QueryRow(ctx, `SELECT version FROM saga_workflows WHERE workflow_id = $1 ORDER BY version DESC LIMIT 1`, id).Scan(&v)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, ErrWorkflowNotFound
-	}
-	if err != nil {
-		return 0, fmt.Errorf("read workflow %s: %w", id, err)
-	}
-	return v, nil
+func (s *Sagas) LatestWorkflowVersion(ctx context.Context, id string) (v int32, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "read workflow", func(ctx context.Context) error {
+		err := s.pool.QueryRow(ctx, `SELECT version FROM saga_workflows WHERE workflow_id = $1 ORDER BY version DESC LIMIT 1`, id).Scan(&v)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrWorkflowNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("read workflow %s: %w", id, err)
+		}
+		return nil
+	})
+	return v, err
 }
 
 func nullTime(t time.Time) *time.Time {
@@ -300,41 +359,48 @@ func (s *Sagas) InsertSagas(ctx context.Context, ns []NewSaga) ([]Inserted, erro
 			evID, evAgg, evType, evData, evMeta = append(evID, e.ID), append(evAgg, sg.ID), append(evType, e.Type), append(evData, string(e.Data)), append(evMeta, m)
 		}
 	}
-	rows, err := s.pool.Query(ctx, insertSagasSQL, ids, tenants, wfs, vers, states, ctxs, keys, statuses, tasks, queues, timeouts,
-		tstates, workers, evID, evAgg, evType, evData, evMeta)
+	var out []Inserted
+	err := Do(ctx, s.breaker, ReadWrite, "insert sagas", func(ctx context.Context) error {
+		rows, err := s.pool.Query(ctx, insertSagasSQL, ids, tenants, wfs, vers, states, ctxs, keys, statuses, tasks, queues, timeouts,
+			tstates, workers, evID, evAgg, evType, evData, evMeta)
+		if err != nil {
+			return fmt.Errorf("insert sagas: %w", err)
+		}
+		defer rows.Close()
+		out = make([]Inserted, 0, n)
+		for rows.Next() {
+			var created, deadline *time.Time
+			var latest *int32
+			if err := rows.Scan(&created, &latest, &deadline); err != nil {
+				return fmt.Errorf("insert sagas: %w", err)
+			}
+			i := len(out)
+			var r Inserted
+			switch {
+			case i >= n:
+			case latest == nil:
+				r.Err = ErrWorkflowNotFound
+			case created != nil:
+				r.Saga = *ns[i].Saga
+				r.Saga.CreatedAt, r.Saga.UpdatedAt = *created, *created
+				r.Created, r.Latest, r.Deadline = true, *latest, timeOf(deadline)
+			case *latest != ns[i].Saga.WorkflowVersion:
+				r.Stale, r.Latest = true, *latest
+			default:
+				r.Latest = *latest
+			}
+			out = append(out, r)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("insert sagas: %w", err)
+		}
+		if len(out) != n {
+			return fmt.Errorf("insert sagas: %d answers for %d sagas", len(out), n)
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("insert sagas: %w", err)
-	}
-	out := make([]Inserted, 0, n)
-	for rows.Next() {
-		var created, deadline *time.Time
-		var latest *int32
-		if err := rows.Scan(&created, &latest, &deadline); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("insert sagas: %w", err)
-		}
-		i := len(out)
-		var r Inserted
-		switch {
-		case i >= n:
-		case latest == nil:
-			r.Err = ErrWorkflowNotFound
-		case created != nil:
-			r.Saga = *ns[i].Saga
-			r.Saga.CreatedAt, r.Saga.UpdatedAt = *created, *created
-			r.Created, r.Latest, r.Deadline = true, *latest, timeOf(deadline)
-		case *latest != ns[i].Saga.WorkflowVersion:
-			r.Stale, r.Latest = true, *latest
-		default:
-			r.Latest = *latest
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("insert sagas: %w", err)
-	}
-	if len(out) != n {
-		return nil, fmt.Errorf("insert sagas: %d answers for %d sagas", len(out), n)
+		return nil, err
 	}
 	for i := range ns {
 		if r := &out[i]; r.Err == nil && !r.Created && !r.Stale {
@@ -403,7 +469,15 @@ func scanStep(row pgx.Row, st *SagaStepRow, extra ...any) error {
 	return nil
 }
 
-func (s *Sagas) sagaByKey(ctx context.Context, tenant, key string) (SagaRow, error) {
+func (s *Sagas) sagaByKey(ctx context.Context, tenant, key string) (sg SagaRow, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "read saga", func(ctx context.Context) error {
+		sg, err = s.readByKey(ctx, tenant, key)
+		return err
+	})
+	return sg, err
+}
+
+func (s *Sagas) readByKey(ctx context.Context, tenant, key string) (SagaRow, error) {
 	var sg SagaRow
 	err := scanSaga(s.pool.QueryRow(ctx, `SELECT `+sagaColumns+` FROM sagas WHERE tenant_id = $1::uuid AND idempotency_key = $2`, tenant, key), &sg)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -418,7 +492,8 @@ func (s *Sagas) sagaByKey(ctx context.Context, tenant, key string) (SagaRow, err
 // SagaTx is one state change of a saga in progress: its transaction holds the saga's
 // row lock (and, for LockSaga, its steps' row locks). Finish it with Commit or Rollback.
 type SagaTx struct {
-	conn *pgxpool.Conn
+	conn    *pgxpool.Conn
+	breaker *resilience.Breaker
 	// Now is the database's clock once the locks were taken.
 	Now   time.Time
 	Saga  SagaRow
@@ -451,12 +526,22 @@ func (s *Sagas) LockSaga(ctx context.Context, tenant, sagaID string) (*SagaTx, e
 	return s.lock(ctx, lockBySagaSQL, []any{sagaID, tenant}, `saga_id = $1::uuid`, ` FOR NO KEY UPDATE`, ErrSagaNotFound)
 }
 
-func (s *Sagas) lock(ctx context.Context, lockSQL string, args []any, stepsWhere, stepsLock string, notFound error) (*SagaTx, error) {
+// lock begins a state change (see LockByTask). It writes nothing: a failure for
+// PostgreSQL's reasons is retried (Do, as a read).
+func (s *Sagas) lock(ctx context.Context, lockSQL string, args []any, stepsWhere, stepsLock string, notFound error) (t *SagaTx, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "lock saga", func(ctx context.Context) error {
+		t, err = s.lockOnce(ctx, lockSQL, args, stepsWhere, stepsLock, notFound)
+		return err
+	})
+	return t, err
+}
+
+func (s *Sagas) lockOnce(ctx context.Context, lockSQL string, args []any, stepsWhere, stepsLock string, notFound error) (*SagaTx, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("saga: %w", err)
 	}
-	t := &SagaTx{conn: conn}
+	t := &SagaTx{conn: conn, breaker: s.breaker}
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
 	b.Queue(lockSQL, args...)
@@ -634,8 +719,14 @@ func queueWrite(b *pgx.Batch, ws []SagaWrite) {
 
 // Commit writes the saga's new row, the steps given (whole rows, inserted or
 // replaced) and the events, and commits: one round trip.
+// A commit is never retried alone (see Sagas); whatever the outcome, the transaction
+// is over.
 func (t *SagaTx) Commit(ctx context.Context, sg *SagaRow, steps []SagaStepRow, events []SagaEvent) error {
-	if err := t.commit(ctx, []SagaWrite{{Saga: sg, Steps: steps, Events: events, At: t.Now}}); err != nil {
+	err := doOnce(ctx, t.breaker, "write saga", func(ctx context.Context) error {
+		return t.commit(ctx, []SagaWrite{{Saga: sg, Steps: steps, Events: events, At: t.Now}})
+	})
+	if err != nil {
+		t.Rollback() // the breaker refused the commit: the transaction is still open
 		return fmt.Errorf("write saga %s: %w", sg.ID, err)
 	}
 	return nil
@@ -667,12 +758,20 @@ type SagaBatch struct {
 // LockByTasks begins the state changes answering tasks taskIDs: it locks their sagas
 // (in saga id order, so that two batches never deadlock) and reads their steps. A task
 // id that names no live task is left out (ErrTaskNotLeased for its caller).
-func (s *Sagas) LockByTasks(ctx context.Context, taskIDs []string) (*SagaBatch, error) {
+func (s *Sagas) LockByTasks(ctx context.Context, taskIDs []string) (t *SagaBatch, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "lock sagas", func(ctx context.Context) error {
+		t, err = s.lockByTasks(ctx, taskIDs)
+		return err
+	})
+	return t, err
+}
+
+func (s *Sagas) lockByTasks(ctx context.Context, taskIDs []string) (*SagaBatch, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("saga: %w", err)
 	}
-	t := &SagaBatch{SagaTx: SagaTx{conn: conn}, Steps: make(map[string][]SagaStepRow, len(taskIDs))}
+	t := &SagaBatch{SagaTx: SagaTx{conn: conn, breaker: s.breaker}, Steps: make(map[string][]SagaStepRow, len(taskIDs))}
 	const of = `saga_id IN (SELECT saga_id FROM saga_steps WHERE task_id = ANY($1::uuid[]))`
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
@@ -731,7 +830,9 @@ func (s *Sagas) LockByTasks(ctx context.Context, taskIDs []string) (*SagaBatch, 
 // Commit writes the state changes of distinct sagas (at most 1000 events in all) and
 // commits: one round trip.
 func (t *SagaBatch) Commit(ctx context.Context, ws []SagaWrite) error {
-	if err := t.commit(ctx, ws); err != nil {
+	err := doOnce(ctx, t.breaker, "write sagas", func(ctx context.Context) error { return t.commit(ctx, ws) })
+	if err != nil {
+		t.Rollback()
 		return fmt.Errorf("write sagas: %w", err)
 	}
 	return nil
@@ -793,9 +894,26 @@ const nextReadySQL = `SELECT extract(epoch FROM min(ready_at) - clock_timestamp(
 // long until the next task of queues becomes ready (NoneWaiting: none is waiting;
 // negative: one is ready but was locked).
 func (s *Sagas) Claim(ctx context.Context, queues []string, limit int, worker string) ([]ClaimedTask, time.Duration, error) {
-	b := &pgx.Batch{}
-	b.Queue(claimSQL, queues, limit, worker)
-	b.Queue(nextReadySQL, queues)
+	return s.claim(ctx, func() *pgx.Batch {
+		b := &pgx.Batch{}
+		b.Queue(claimSQL, queues, limit, worker)
+		b.Queue(nextReadySQL, queues)
+		return b
+	})
+}
+
+// claim sends a claim's batch (a claim, then how long until the next task is ready),
+// one implicit transaction: it leases tasks, so it is retried only when it never
+// reached PostgreSQL.
+func (s *Sagas) claim(ctx context.Context, batch func() *pgx.Batch) (out []ClaimedTask, next time.Duration, err error) {
+	err = Do(ctx, s.breaker, ReadWrite, "claim tasks", func(ctx context.Context) error {
+		out, next, err = s.claimOnce(ctx, batch())
+		return err
+	})
+	return out, next, err
+}
+
+func (s *Sagas) claimOnce(ctx context.Context, b *pgx.Batch) ([]ClaimedTask, time.Duration, error) {
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
 	rows, err := br.Query()
@@ -831,16 +949,26 @@ func (s *Sagas) Claim(ctx context.Context, queues []string, limit int, worker st
 // while they were sent): they are ready again at once, under new task ids (an answer
 // to the old ones is refused), and the attempt is not counted.
 func (s *Sagas) Release(ctx context.Context, taskIDs []string) error {
-	_, err := s.pool.Exec(ctx, `UPDATE saga_steps SET task_state = 'ready', task_id = gen_random_uuid(),
-		worker_id = NULL, deadline = NULL WHERE task_id = ANY($1::uuid[]) AND task_state = 'leased'`, taskIDs)
-	if err != nil {
-		return fmt.Errorf("release tasks: %w", err)
-	}
-	return nil
+	return Do(ctx, s.breaker, ReadWrite, "release tasks", func(ctx context.Context) error {
+		_, err := s.pool.Exec(ctx, `UPDATE saga_steps SET task_state = 'ready', task_id = gen_random_uuid(),
+			worker_id = NULL, deadline = NULL WHERE task_id = ANY($1::uuid[]) AND task_state = 'leased'`, taskIDs)
+		if err != nil {
+			return fmt.Errorf("release tasks: %w", err)
+		}
+		return nil
+	})
 }
 
 // StillLeased answers which of taskIDs are still leased.
-func (s *Sagas) StillLeased(ctx context.Context, taskIDs []string) (map[string]bool, error) {
+func (s *Sagas) StillLeased(ctx context.Context, taskIDs []string) (out map[string]bool, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "read leases", func(ctx context.Context) error {
+		out, err = s.stillLeased(ctx, taskIDs)
+		return err
+	})
+	return out, err
+}
+
+func (s *Sagas) stillLeased(ctx context.Context, taskIDs []string) (map[string]bool, error) {
 	rows, err := s.pool.Query(ctx, `SELECT task_id FROM saga_steps WHERE task_id = ANY($1::uuid[]) AND task_state = 'leased'`, taskIDs)
 	if err != nil {
 		return nil, fmt.Errorf("read leases: %w", err)
@@ -863,7 +991,15 @@ func (s *Sagas) StillLeased(ctx context.Context, taskIDs []string) (map[string]b
 // Expired answers up to limit leased tasks whose deadline has passed, and how long
 // until the next deadline of a leased task (NoneWaiting: none), by the database's
 // clock.
-func (s *Sagas) Expired(ctx context.Context, limit int) ([]string, time.Duration, error) {
+func (s *Sagas) Expired(ctx context.Context, limit int) (ids []string, next time.Duration, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "read expired tasks", func(ctx context.Context) error {
+		ids, next, err = s.expired(ctx, limit)
+		return err
+	})
+	return ids, next, err
+}
+
+func (s *Sagas) expired(ctx context.Context, limit int) ([]string, time.Duration, error) {
 	b := &pgx.Batch{}
 	b.Queue(`SELECT task_id FROM saga_steps WHERE task_state = 'leased' AND deadline <= clock_timestamp()
 		ORDER BY deadline LIMIT $1`, limit)
@@ -895,7 +1031,15 @@ func (s *Sagas) Expired(ctx context.Context, limit int) ([]string, time.Duration
 }
 
 // PendingTasks answers the number of ready tasks per queue (whole database).
-func (s *Sagas) PendingTasks(ctx context.Context) (map[string]int64, error) {
+func (s *Sagas) PendingTasks(ctx context.Context) (out map[string]int64, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "count pending tasks", func(ctx context.Context) error {
+		out, err = s.pendingTasks(ctx)
+		return err
+	})
+	return out, err
+}
+
+func (s *Sagas) pendingTasks(ctx context.Context) (map[string]int64, error) {
 	rows, err := s.pool.Query(ctx, `SELECT queue, count(*) FROM saga_steps WHERE task_state = 'ready' GROUP BY queue`)
 	if err != nil {
 		return nil, fmt.Errorf("count pending tasks: %w", err)
@@ -924,7 +1068,15 @@ type SagaHistoryEvent struct {
 
 // GetSaga answers tenant's saga sagaID with its steps and its events, oldest first.
 // ErrSagaNotFound when the tenant has no such saga.
-func (s *Sagas) GetSaga(ctx context.Context, tenant, sagaID string) (SagaRow, []SagaStepRow, []SagaHistoryEvent, error) {
+func (s *Sagas) GetSaga(ctx context.Context, tenant, sagaID string) (sg SagaRow, steps []SagaStepRow, hist []SagaHistoryEvent, err error) {
+	err = Do(ctx, s.breaker, ReadOnly, "read saga", func(ctx context.Context) error {
+		sg, steps, hist, err = s.getSaga(ctx, tenant, sagaID)
+		return err
+	})
+	return sg, steps, hist, err
+}
+
+func (s *Sagas) getSaga(ctx context.Context, tenant, sagaID string) (SagaRow, []SagaStepRow, []SagaHistoryEvent, error) {
 	b := &pgx.Batch{}
 	b.Queue(`SELECT `+sagaColumns+` FROM sagas WHERE saga_id = $1::uuid AND tenant_id = $2::uuid`, sagaID, tenant)
 	b.Queue(`SELECT `+stepColumns+` FROM saga_steps WHERE saga_id = $1::uuid ORDER BY step_index`, sagaID)
@@ -1029,21 +1181,28 @@ func (s *Sagas) ListSagas(ctx context.Context, f SagaFilter) ([]SagaRow, string,
 		sb.WriteString(` AND (created_at, saga_id) < (` + arg(at) + `::timestamptz, ` + arg(id) + `::uuid)`)
 	}
 	sb.WriteString(` ORDER BY created_at DESC, saga_id DESC LIMIT ` + arg(f.PageSize+1))
-	rows, err := s.pool.Query(ctx, sb.String(), args...)
-	if err != nil {
-		return nil, "", fmt.Errorf("list sagas: %w", err)
-	}
-	defer rows.Close()
-	out := make([]SagaRow, 0, min(f.PageSize+1, 128))
-	for rows.Next() {
-		var sg SagaRow
-		if err := scanSaga(rows, &sg); err != nil {
-			return nil, "", fmt.Errorf("list sagas: %w", err)
+	var out []SagaRow
+	err := Do(ctx, s.breaker, ReadOnly, "list sagas", func(ctx context.Context) error {
+		rows, err := s.pool.Query(ctx, sb.String(), args...)
+		if err != nil {
+			return fmt.Errorf("list sagas: %w", err)
 		}
-		out = append(out, sg)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, "", fmt.Errorf("list sagas: %w", err)
+		defer rows.Close()
+		out = make([]SagaRow, 0, min(f.PageSize+1, 128))
+		for rows.Next() {
+			var sg SagaRow
+			if err := scanSaga(rows, &sg); err != nil {
+				return fmt.Errorf("list sagas: %w", err)
+			}
+			out = append(out, sg)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("list sagas: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
 	}
 	if len(out) <= f.PageSize {
 		return out, "", nil

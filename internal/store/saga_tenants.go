@@ -2,10 +2,8 @@ package store
 
 import (
 	"context"
-	"fmt"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -34,36 +32,10 @@ const nextReadyTenantsSQL = `SELECT extract(epoch FROM min(st.ready_at) - clock_
 
 // ClaimTenants is Claim for the sagas of tenants only (canonical UUIDs).
 func (s *Sagas) ClaimTenants(ctx context.Context, queues, tenants []string, limit int, worker string) ([]ClaimedTask, time.Duration, error) {
-	b := &pgx.Batch{}
-	b.Queue(claimTenantsSQL, queues, limit, worker, tenants)
-	b.Queue(nextReadyTenantsSQL, queues, tenants)
-	br := s.pool.SendBatch(ctx, b)
-	defer br.Close()
-	rows, err := br.Query()
-	if err != nil {
-		return nil, 0, fmt.Errorf("claim tasks: %w", err)
-	}
-	var out []ClaimedTask
-	for rows.Next() {
-		var c ClaimedTask
-		var saga, tenant, task uuid.UUID
-		if err := rows.Scan(&saga, &tenant, &c.WorkflowID, &c.WorkflowVersion, &c.StepIndex, &task, &c.Kind, &c.Queue,
-			&c.Attempt, &c.ReadyAt, &c.Deadline, &c.Context, &c.Output); err != nil {
-			rows.Close()
-			return nil, 0, fmt.Errorf("claim tasks: %w", err)
-		}
-		c.SagaID, c.TenantID, c.TaskID = saga.String(), tenant.String(), task.String()
-		out = append(out, c)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, 0, fmt.Errorf("claim tasks: %w", err)
-	}
-	var next *float64
-	if err := br.QueryRow().Scan(&next); err != nil {
-		return nil, 0, fmt.Errorf("claim tasks: %w", err)
-	}
-	if err := br.Close(); err != nil {
-		return nil, 0, fmt.Errorf("claim tasks: %w", err)
-	}
-	return out, secondsOr(next), nil
+	return s.claim(ctx, func() *pgx.Batch {
+		b := &pgx.Batch{}
+		b.Queue(claimTenantsSQL, queues, limit, worker, tenants)
+		b.Queue(nextReadyTenantsSQL, queues, tenants)
+		return b
+	})
 }
