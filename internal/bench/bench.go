@@ -65,6 +65,9 @@ type Options struct {
 	Layout string
 	// SidecarPprof, when set, is the sidecar process's --pprof-addr.
 	SidecarPprof string
+	// SidecarEnv are KEY=VALUE settings added to the sidecar process's environment
+	// (cross-process layout), such as GOMAXPROCS or GOGC, to compare runtime settings.
+	SidecarEnv []string
 	// AggregateEvents and ReplayEvents size the LoadAggregate and ReplayEvents data.
 	AggregateEvents int
 	ReplayEvents    int
@@ -108,6 +111,13 @@ func Main(args []string, out io.Writer) int {
 	fs.BoolVar(&o.Unix, "unix", false, "reach the sidecar over a unix socket instead of 127.0.0.1 TCP")
 	fs.StringVar(&o.Layout, "layout", "cross", "cross: the sidecar runs as its own `eventgw serve` process (its CPU and RSS are measured from /proc); in-process: sidecar, load and Kafka in one process (for profiling with --cpuprofile)")
 	fs.StringVar(&o.SidecarPprof, "sidecar-pprof-addr", "", "with --layout cross: serve the sidecar process's pprof here (loopback), to profile it under load")
+	fs.Func("sidecar-env", "with --layout cross: KEY=VALUE added to the sidecar process's environment (repeatable), such as GOMAXPROCS=1", func(v string) error {
+		if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+			return fmt.Errorf("want KEY=VALUE, got %q", v)
+		}
+		o.SidecarEnv = append(o.SidecarEnv, v)
+		return nil
+	})
 	fs.IntVar(&o.AggregateEvents, "aggregate-events", 10000, "events of the aggregates LoadAggregate is measured on (a multiple of 100)")
 	fs.IntVar(&o.ReplayEvents, "replay-events", 100000, "events of the tenant ReplayEvents is measured on (a multiple of 100)")
 	fs.IntVar(&o.SubscribeEvents, "subscribe-events", 200000, "events the subscribe suite pre-loads and drains")

@@ -143,7 +143,7 @@ func startSidecar(ctx context.Context, o Options, cfg config.Config, dir, name s
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = envWithout(os.Environ(), "EVENTGW_")
+	cmd.Env = append(envWithout(os.Environ(), "EVENTGW_"), o.SidecarEnv...)
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close()
 		return nil, err
