@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"runtime"
 	"time"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -56,6 +55,8 @@ const (
 	connectionTimeout = 10 * time.Second
 	// keepaliveMinTime: a client pinging more often is sent GOAWAY (too_many_pings).
 	keepaliveMinTime = 10 * time.Second
+	// streamWorkers is the pool of goroutines that run handlers (see NewGRPC).
+	streamWorkers = 64
 )
 
 // Services are the handlers to serve; nil ones answer Unimplemented.
@@ -82,8 +83,11 @@ func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
 		grpc.MaxHeaderListSize(MaxHeaderBytes),
 		grpc.ConnectionTimeout(connectionTimeout),
 		// Reused handler goroutines keep their grown stacks: a fresh goroutine per RPC
-		// grows its stack through several copies on every call.
-		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
+		// grows its stack through several copies on every call. A unary Publish holds
+		// its worker until Kafka acknowledges, so the pool covers the calls in flight of
+		// a busy service (64 callers), not just the cores: past the pool, gRPC starts a
+		// fresh goroutine per call again.
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			Time: keepaliveTime, Timeout: keepaliveTimeout, MaxConnectionIdle: maxConnectionIdle,
 		}),
