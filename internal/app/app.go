@@ -379,6 +379,10 @@ func (a *App) Run(ctx context.Context) error {
 		// Subscribe streams never end by themselves: end them first (their members
 		// leave the group, committing what was acknowledged).
 		_ = a.Subs.Close()
+		// Nor do PollTasks streams: they end with Unavailable, their workers keep the
+		// tasks they hold (leased; they may answer through another sidecar) and poll
+		// another sidecar, which also gets what they never took.
+		a.shutdownSagas()
 		done := make(chan struct{})
 		go func() { a.grpcSrv.GracefulStop(); close(done) }()
 		select {

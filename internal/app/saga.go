@@ -20,10 +20,12 @@ var sagaEngines sync.Map // *App → *saga.Engine
 // rows written in each state change's transaction; the outbox relay publishes them to
 // <prefix>.saga.events (so --domains, when set, must include "saga").
 //
-// PollTasks streams never end by themselves. When ctx is the process's signal context
-// (it has no deadline: `eventgw serve`), its end — SIGTERM or SIGINT — ends them at
-// once, so that they do not hold the gRPC graceful stop for the whole grace period;
-// workers reconnect to another sidecar and keep the tasks they hold (their leases stay).
+// PollTasks streams never end by themselves: Run ends them when it shuts down
+// (shutdownSagas), before the gRPC graceful stop, which would otherwise wait for them
+// for the whole grace period. When ctx is the process's signal context (it has no
+// deadline: `eventgw serve`), its end — SIGTERM or SIGINT — ends them at once too.
+// Workers reconnect to another sidecar and keep the tasks they hold (their leases
+// stay); tasks pushed to a stream and never sent are given back at once.
 func (a *App) buildSagas(ctx context.Context, _ *publish.Publisher, _ *metrics.Metrics) (eventgwv1.SagaServiceServer, error) {
 	e := saga.New(saga.Config{
 		Store: store.NewSagas(a.Pool, store.WithBreaker(a.Breakers.Postgres)), Metrics: metrics.NewSaga(a.Registry), Log: a.log,
@@ -35,6 +37,15 @@ func (a *App) buildSagas(ctx context.Context, _ *publish.Publisher, _ *metrics.M
 		context.AfterFunc(ctx, e.Shutdown)
 	}
 	return server.NewSagaService(e), nil
+}
+
+// shutdownSagas ends every PollTasks stream with Unavailable ("the sidecar is shutting
+// down: reconnect to poll tasks"); the engine's background work (the timeout sweeper
+// among it) goes on until runSagas' context ends.
+func (a *App) shutdownSagas() {
+	if v, ok := sagaEngines.Load(a); ok {
+		v.(*saga.Engine).Shutdown()
+	}
 }
 
 // runSagas runs the saga engine's background work (NOTIFY listener and sender, timeout
