@@ -4,7 +4,6 @@ import (
 	"context"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/metrics"
 )
 
 // Options configures the gRPC server.
@@ -70,12 +70,12 @@ type Services struct {
 // NewGRPC builds the gRPC server with health, reflection and metrics. The health
 // server starts NOT_SERVING; set it SERVING once everything behind it is up.
 func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
-	metrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-		grpcprom.WithHistogramBuckets([]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}),
-	))
-	opts.Registerer.MustRegister(metrics)
-	log := opts.Log
-	unary := []grpc.UnaryServerInterceptor{metrics.UnaryServerInterceptor(), recoverUnary(log), logUnary(log)}
+	gm := metrics.NewGRPCServer([]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5})
+	opts.Registerer.MustRegister(gm)
+	e := &edge{metrics: gm, log: opts.Log}
+	// One interceptor for the metrics, the recovery and the log: each level of gRPC's
+	// interceptor chain costs a closure and a stack frame per call.
+	unary := []grpc.UnaryServerInterceptor{e.unary}
 	sopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(opts.MaxRecvBytes),
 		grpc.StaticStreamWindowSize(StreamWindow),
@@ -92,7 +92,7 @@ func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
 			Time: keepaliveTime, Timeout: keepaliveTimeout, MaxConnectionIdle: maxConnectionIdle,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}),
-		grpc.ChainStreamInterceptor(metrics.StreamServerInterceptor(), recoverStream(log), logStream(log)),
+		grpc.ChainStreamInterceptor(e.stream),
 	}
 	if opts.MaxConcurrentStreams > 0 {
 		sopts = append(sopts, grpc.MaxConcurrentStreams(opts.MaxConcurrentStreams))
@@ -128,7 +128,7 @@ func NewGRPC(opts Options, svcs Services) (*grpc.Server, *health.Server) {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv)
-	metrics.InitializeMetrics(srv)
+	gm.Init(srv)
 	return srv, hs
 }
 
@@ -163,23 +163,40 @@ func SetHealth(hs *health.Server, serving map[string]bool) {
 	}
 }
 
-// logUnary logs failed calls (method, code, message, duration): never request bodies.
-func logUnary(log *zap.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		logCall(log, info.FullMethod, start, err)
-		return resp, err
-	}
+// edge is what every call goes through first: its gRPC metrics, the recovery of a
+// handler's panic (answered Internal) and the log of failed calls (method, code,
+// message, duration: never request bodies).
+type edge struct {
+	metrics *metrics.GRPCServer
+	log     *zap.Logger
 }
 
-func logStream(log *zap.Logger) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		start := time.Now()
-		err := handler(srv, ss)
-		logCall(log, info.FullMethod, start, err)
-		return err
-	}
+func (e *edge) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	start := time.Now()
+	call := e.metrics.BeginUnary(info.FullMethod)
+	defer func() {
+		if r := recover(); r != nil {
+			e.log.Error("panic in handler", zap.String("method", info.FullMethod), zap.Stack("stack"))
+			resp, err = nil, status.Error(codes.Internal, "internal error")
+		}
+		logCall(e.log, info.FullMethod, start, err)
+		call.EndUnary(err, start)
+	}()
+	return handler(ctx, req)
+}
+
+func (e *edge) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	start := time.Now()
+	call, ss := e.metrics.BeginStream(ss, info)
+	defer func() {
+		if r := recover(); r != nil {
+			e.log.Error("panic in handler", zap.String("method", info.FullMethod), zap.Stack("stack"))
+			err = status.Error(codes.Internal, "internal error")
+		}
+		logCall(e.log, info.FullMethod, start, err)
+		call.EndStream(err, start)
+	}()
+	return handler(srv, ss)
 }
 
 func logCall(log *zap.Logger, method string, start time.Time, err error) {
@@ -207,29 +224,5 @@ func logCall(log *zap.Logger, method string, start time.Time, err error) {
 			fields = append(fields, zap.String("cause", cause))
 		}
 		ce.Write(fields...)
-	}
-}
-
-func recoverUnary(log *zap.Logger) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				log.Error("panic in handler", zap.String("method", info.FullMethod), zap.Stack("stack"))
-				err = status.Error(codes.Internal, "internal error")
-			}
-		}()
-		return handler(ctx, req)
-	}
-}
-
-func recoverStream(log *zap.Logger) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
-		defer func() {
-			if r := recover(); r != nil {
-				log.Error("panic in handler", zap.String("method", info.FullMethod), zap.Stack("stack"))
-				err = status.Error(codes.Internal, "internal error")
-			}
-		}()
-		return handler(srv, ss)
 	}
 }
