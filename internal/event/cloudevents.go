@@ -47,6 +47,13 @@ var (
 // Headers builds the CloudEvents envelope of e. dataSchema is the schema reference
 // ("" for JSON). All header values share one backing array: two allocations per event.
 func (e *Event) Headers(dataSchema string) []sarama.RecordHeader {
+	return e.AppendHeaders(nil, nil, dataSchema)
+}
+
+// AppendHeaders is Headers appending to hs, with the header values written into buf's
+// spare capacity when it holds them all (else into one new array): a caller with room
+// for both allocates nothing.
+func (e *Event) AppendHeaders(hs []sarama.RecordHeader, buf []byte, dataSchema string) []sarama.RecordHeader {
 	n := 8 + len(e.Metadata) + len(e.Extra)
 	size := len(e.ID) + len(e.Type) + len(e.Source) + len(time.RFC3339Nano) + len(e.TenantID) +
 		len(e.CorrelationID) + len(e.CausationID) + len(e.UserID) + len(e.Subject) + len(dataSchema)
@@ -56,8 +63,12 @@ func (e *Event) Headers(dataSchema string) []sarama.RecordHeader {
 	for _, h := range e.Extra {
 		size += len(h.Key) + len(h.Value)
 	}
-	buf := make([]byte, 0, size)
-	hs := make([]sarama.RecordHeader, 0, n)
+	if cap(buf)-len(buf) < size {
+		buf = make([]byte, 0, size)
+	}
+	if cap(hs)-len(hs) < n {
+		hs = append(make([]sarama.RecordHeader, 0, len(hs)+n), hs...)
+	}
 	add := func(k []byte, v string) {
 		start := len(buf)
 		buf = append(buf, v...)

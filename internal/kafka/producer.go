@@ -81,9 +81,14 @@ type Batch struct {
 	done      chan struct{}
 	// inProducer counts messages handed to the producer that it has not reported on
 	// yet (they may still reach Kafka, even after Wait gave up on them); quiet is closed
-	// when it is back to zero once sending is over.
+	// when it is back to zero once sending is over. quiet is made on demand (few
+	// callers ask): quietMu orders making it and closing it.
 	inProducer atomic.Int64
+	quietMu    sync.Mutex
 	quiet      chan struct{}
+	quietDone  bool
+	// one holds the slot of a one-message batch (a unary Publish): no slice to allocate.
+	one [1]slot
 }
 
 type slot struct {
@@ -94,7 +99,19 @@ type slot struct {
 
 // NewBatch prepares a batch of n messages.
 func NewBatch(n int) *Batch {
-	b := &Batch{slots: make([]slot, n), done: make(chan struct{}), quiet: make(chan struct{})}
+	b := new(Batch)
+	b.Init(n)
+	return b
+}
+
+// Init prepares b, a zero Batch (one embedded in a larger allocation), for n messages.
+func (b *Batch) Init(n int) {
+	if n == 1 {
+		b.slots = b.one[:]
+	} else {
+		b.slots = make([]slot, n)
+	}
+	b.done = make(chan struct{})
 	for i := range b.slots {
 		b.slots[i].b = b
 	}
@@ -103,18 +120,32 @@ func NewBatch(n int) *Batch {
 	if n == 0 {
 		close(b.done)
 	}
-	return b
 }
 
 // Quiet is closed once the producer has reported on every message of the batch it was
 // given: none of them can reach Kafka any more. Wait may give up on messages earlier
 // (its context ended); a sender that will send the same events again must wait for
 // Quiet first, or a late original could land after the resent ones.
-func (b *Batch) Quiet() <-chan struct{} { return b.quiet }
+func (b *Batch) Quiet() <-chan struct{} {
+	b.quietMu.Lock()
+	defer b.quietMu.Unlock()
+	if b.quiet == nil {
+		b.quiet = make(chan struct{})
+		if b.quietDone {
+			close(b.quiet)
+		}
+	}
+	return b.quiet
+}
 
 func (b *Batch) reported() {
 	if b.inProducer.Add(-1) == 0 {
-		close(b.quiet)
+		b.quietMu.Lock()
+		b.quietDone = true
+		if b.quiet != nil {
+			close(b.quiet)
+		}
+		b.quietMu.Unlock()
 	}
 }
 
@@ -231,6 +262,13 @@ func (p *Producer) Send(ctx context.Context, b *Batch, msgs []*sarama.ProducerMe
 		}
 		m.Metadata = s
 		b.inProducer.Add(1)
+		// The producer's input is buffered: the first try nearly always takes the
+		// message without asking ctx for its Done channel (a timer for a deadline).
+		select {
+		case p.ap.Input() <- m:
+			continue
+		default:
+		}
 		select {
 		case p.ap.Input() <- m:
 		case <-ctx.Done():
@@ -247,9 +285,52 @@ func (b *Batch) Wait(ctx context.Context) {
 	select {
 	case <-b.done:
 	case <-ctx.Done():
-		for i := range b.slots {
-			b.slots[i].complete(Result{Partition: -1, Offset: -1, Err: ctx.Err()})
-		}
+		b.giveUp(ctx.Err())
+	}
+}
+
+// WaitUntil is Wait that also gives up at deadline (zero: no deadline), the pending
+// messages getting context.DeadlineExceeded: the same outcome as Wait under a context
+// with that deadline, without making one (a context with a deadline costs a timer,
+// its registration with ctx and a channel; the timer here is reused).
+func (b *Batch) WaitUntil(ctx context.Context, deadline time.Time) {
+	if deadline.IsZero() {
+		b.Wait(ctx)
+		return
+	}
+	select {
+	case <-b.done:
+		return
+	default:
+	}
+	d := time.Until(deadline)
+	if d <= 0 {
+		b.giveUp(context.DeadlineExceeded)
+		return
+	}
+	t := timers.Get().(*time.Timer)
+	t.Reset(d)
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		b.giveUp(ctx.Err())
+	case <-t.C:
+		b.giveUp(context.DeadlineExceeded)
+	}
+	t.Stop() // since Go 1.23 no stale tick is left in t.C after Stop
+	timers.Put(t)
+}
+
+// timers are stopped timers for WaitUntil.
+var timers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
+func (b *Batch) giveUp(err error) {
+	for i := range b.slots {
+		b.slots[i].complete(Result{Partition: -1, Offset: -1, Err: err})
 	}
 }
 

@@ -92,8 +92,9 @@ type Pending struct {
 // fails the whole call with a *validate.Error (field prefixed "events[i]" when there
 // are several) before anything is sent.
 func (p *Publisher) Publish(ctx context.Context, events []event.Event) ([]Outcome, error) {
-	ctx, cancel := p.withTimeout(ctx)
-	defer cancel()
+	cc := &callCtx{}
+	ctx = cc.init(ctx, p.cfg.Timeout)
+	defer cc.release()
 	pend, err := p.Start(ctx, events)
 	if err != nil {
 		return nil, err
@@ -101,11 +102,52 @@ func (p *Publisher) Publish(ctx context.Context, events []event.Event) ([]Outcom
 	return pend.Wait(ctx), nil
 }
 
-func (p *Publisher) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok || p.cfg.Timeout <= 0 {
-		return ctx, func() {}
+// oneCall is everything a one-event Publish needs, in one allocation: the event, its
+// Kafka message (key, value and CloudEvents headers included), the batch tracking its
+// acknowledgement, the pending call and its outcome.
+type oneCall struct {
+	cc     callCtx
+	pend   Pending
+	batch  kafka.Batch
+	events [1]event.Event
+	msg    sarama.ProducerMessage
+	msgs   [1]*sarama.ProducerMessage
+	topics [1]string
+	out    [1]Outcome
+	enc    encoders
+}
+
+// encoders are a message's key and value encoders and room for its headers.
+type encoders struct {
+	key   sarama.StringEncoder
+	value sarama.ByteEncoder
+	hdrs  [12]sarama.RecordHeader
+	hbuf  [256]byte
+}
+
+// PublishOne is Publish of the one event *e (copied: the caller keeps e), the unary
+// Publish's path: the same checks, encoding, sending and outcome, with its memory in
+// one allocation and no context or timer made while Kafka answers in time.
+func (p *Publisher) PublishOne(ctx context.Context, e *event.Event) (Outcome, error) {
+	c := new(oneCall)
+	c.events[0] = *e
+	ctx = c.cc.init(ctx, p.cfg.Timeout)
+	defer c.cc.release()
+	now := time.Now()
+	if p.cfg.MaxBatch < 1 {
+		return Outcome{}, validate.Errorf("events", "has 1 events, over the limit of %d (--max-batch)", p.cfg.MaxBatch)
 	}
-	return context.WithTimeout(ctx, p.cfg.Timeout)
+	ev := &c.events[0]
+	if err := p.encode(ev, now, &c.msg, &c.enc); err != nil {
+		p.countInvalid(ev)
+		return Outcome{}, err
+	}
+	c.msgs[0] = &c.msg
+	pend, err := p.send(ctx, c.events[:], c.msgs[:], now, nil, c)
+	if err != nil {
+		return Outcome{}, err
+	}
+	return pend.wait(ctx, c.out[:])[0], nil
 }
 
 // Start checks and encodes events and hands them to Kafka without waiting, so that a
@@ -134,7 +176,7 @@ func (p *Publisher) StartAfter(ctx context.Context, events []event.Event, after 
 	}
 	for i := range events {
 		e := &events[i]
-		if err := p.encode(e, now, &backing[i]); err != nil {
+		if err := p.encode(e, now, &backing[i], nil); err != nil {
 			p.countInvalid(e)
 			if len(events) > 1 {
 				return nil, validate.Prefix("events["+strconv.Itoa(i)+"]", err)
@@ -150,7 +192,7 @@ func (p *Publisher) StartAfter(ctx context.Context, events []event.Event, after 
 		}
 		msgs[i] = &backing[i]
 	}
-	return p.send(ctx, events, msgs, now, after)
+	return p.send(ctx, events, msgs, now, after, nil)
 }
 
 // Check runs every check and the encoding of Start on e without sending it (for events
@@ -163,7 +205,7 @@ func (p *Publisher) Check(e *event.Event) error {
 // Encode checks e and encodes it into a Kafka message.
 func (p *Publisher) Encode(e *event.Event, now time.Time) (*sarama.ProducerMessage, error) {
 	m := &sarama.ProducerMessage{}
-	if err := p.encode(e, now, m); err != nil {
+	if err := p.encode(e, now, m, nil); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -173,13 +215,15 @@ func (p *Publisher) Encode(e *event.Event, now time.Time) (*sarama.ProducerMessa
 // topics first when needed. With a fallback, while Kafka is unavailable (or this
 // sidecar still has queued events) they go to PostgreSQL's queue instead.
 func (p *Publisher) Send(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time) (*Pending, error) {
-	return p.send(ctx, events, msgs, start, nil)
+	return p.send(ctx, events, msgs, start, nil, nil)
 }
 
-func (p *Publisher) send(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time, after *Pending) (*Pending, error) {
+// send is Send; mem, when not nil, is where a one-event call keeps its Pending and
+// batch.
+func (p *Publisher) send(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time, after *Pending, mem *oneCall) (*Pending, error) {
 	f := p.fb
 	if f == nil {
-		return p.SendDirect(ctx, events, msgs, start)
+		return p.sendDirect(ctx, events, msgs, start, mem)
 	}
 	f.mu.RLock()
 	if !f.queued.Load() {
@@ -187,7 +231,7 @@ func (p *Publisher) send(ctx context.Context, events []event.Event, msgs []*sara
 		if err := f.breaker.Allow(); err != nil {
 			f.enter(err.Error())
 		} else {
-			pend, err := p.sendKafka(ctx, events, msgs, start)
+			pend, err := p.sendKafka(ctx, events, msgs, start, mem)
 			if err == nil {
 				return pend, nil
 			}
@@ -223,8 +267,12 @@ func (p *Publisher) send(ctx context.Context, events []event.Event, msgs []*sara
 // SendDirect is Send without the fallback: Kafka's outcome is the answer (the relay
 // publishing queued events uses it).
 func (p *Publisher) SendDirect(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time) (*Pending, error) {
+	return p.sendDirect(ctx, events, msgs, start, nil)
+}
+
+func (p *Publisher) sendDirect(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time, mem *oneCall) (*Pending, error) {
 	permit := p.fb != nil && p.fb.breaker.Allow() == nil
-	pend, err := p.sendKafka(ctx, events, msgs, start)
+	pend, err := p.sendKafka(ctx, events, msgs, start, mem)
 	if err != nil {
 		if permit {
 			p.fb.breaker.Done(err)
@@ -243,8 +291,16 @@ func topicsOf(msgs []*sarama.ProducerMessage) []string {
 	return topics
 }
 
-func (p *Publisher) sendKafka(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time) (*Pending, error) {
-	topics := topicsOf(msgs)
+func (p *Publisher) sendKafka(ctx context.Context, events []event.Event, msgs []*sarama.ProducerMessage, start time.Time, mem *oneCall) (*Pending, error) {
+	var topics []string
+	if mem != nil {
+		topics = mem.topics[:len(msgs)]
+		for i, m := range msgs {
+			topics[i] = m.Topic
+		}
+	} else {
+		topics = topicsOf(msgs)
+	}
 	for i, m := range msgs {
 		if i > 0 && m.Topic == msgs[i-1].Topic {
 			continue
@@ -256,30 +312,43 @@ func (p *Publisher) sendKafka(ctx context.Context, events []event.Event, msgs []
 			return nil, &kafka.UnavailableError{Err: err}
 		}
 	}
-	b := kafka.NewBatch(len(msgs))
+	var (
+		b  *kafka.Batch
+		pd *Pending
+	)
+	if mem != nil {
+		b, pd = &mem.batch, &mem.pend
+		b.Init(len(msgs))
+	} else {
+		b, pd = kafka.NewBatch(len(msgs)), new(Pending)
+	}
 	p.producer.Send(ctx, b, msgs)
-	return &Pending{events: events, msgs: msgs, topics: topics, batch: b, start: start, p: p, settled: make(chan struct{})}, nil
+	*pd = Pending{events: events, msgs: msgs, topics: topics, batch: b, start: start, p: p, settled: make(chan struct{})}
+	return pd, nil
 }
 
-// kafkaBudget is how long to wait for Kafka's acknowledgements when the fallback may
-// still have to queue what Kafka did not take: a quarter of the time left, at most 2 s,
-// is kept for that.
-func kafkaBudget(ctx context.Context) (context.Context, context.CancelFunc) {
-	dl, ok := ctx.Deadline()
-	if !ok {
-		return context.WithCancel(ctx)
+// kafkaDeadline is how long to wait for Kafka's acknowledgements when the fallback may
+// still have to queue what Kafka did not take: of the time left before deadline, a
+// quarter, at most 2 s, is kept for that.
+func kafkaDeadline(deadline time.Time) time.Time {
+	if deadline.IsZero() {
+		return deadline
 	}
-	keep := min(time.Until(dl)/4, 2*time.Second)
-	return context.WithDeadline(ctx, dl.Add(-keep))
+	keep := min(time.Until(deadline)/4, 2*time.Second)
+	return deadline.Add(-keep)
 }
 
 // Wait waits for every acknowledgement (or ctx's end) and returns the outcomes in order.
 // With a fallback, events Kafka did not take for a reason of Kafka's are queued in
 // PostgreSQL and answered Queued.
 func (pd *Pending) Wait(ctx context.Context) []Outcome {
+	return pd.wait(ctx, make([]Outcome, len(pd.events)))
+}
+
+// wait is Wait writing the outcomes into out (len(pd.events) long).
+func (pd *Pending) wait(ctx context.Context, out []Outcome) []Outcome {
 	defer pd.settleOnce.Do(func() { close(pd.settled) })
 	p := pd.p
-	out := make([]Outcome, len(pd.events))
 	if pd.batch == nil {
 		err := <-pd.queuedDone
 		for i := range pd.events {
@@ -291,14 +360,20 @@ func (pd *Pending) Wait(ctx context.Context) []Outcome {
 		pd.count(out)
 		return out
 	}
+	// The deadline is waited for with a reused timer rather than through ctx (a
+	// context with a deadline makes a timer of its own when asked for Done).
+	parent, deadline := ctx, time.Time{}
+	if dl, ok := ctx.Deadline(); ok {
+		deadline = dl
+	}
+	if cc, ok := ctx.(*callCtx); ok {
+		parent = cc.waitable()
+	}
 	f := p.fb
 	if f != nil && !pd.direct {
-		kctx, cancel := kafkaBudget(ctx)
-		pd.batch.Wait(kctx)
-		cancel()
-	} else {
-		pd.batch.Wait(ctx)
+		deadline = kafkaDeadline(deadline)
 	}
+	pd.batch.WaitUntil(parent, deadline)
 	if pd.permit {
 		defer func() { f.breaker.Done(firstErr(out)) }()
 	}
@@ -399,17 +474,21 @@ func (pd *Pending) count(out []Outcome) {
 	p.metrics.PublishDuration.WithLabelValues(p.metrics.Service(svcFirst)).Observe(time.Since(pd.start).Seconds())
 }
 
-func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMessage) error {
+// encode checks e and encodes it into m. enc, when not nil, holds m's key and value
+// encoders and its headers (no allocation for them).
+func (p *Publisher) encode(e *event.Event, now time.Time, m *sarama.ProducerMessage, enc *encoders) error {
 	value, ref, err := p.value(e, now)
 	if err != nil {
 		return err
 	}
-	*m = sarama.ProducerMessage{
-		Topic:   p.router.Topic(e.Type),
-		Key:     sarama.StringEncoder(e.Key()),
-		Value:   sarama.ByteEncoder(value),
-		Headers: e.Headers(ref),
+	*m = sarama.ProducerMessage{Topic: p.router.Topic(e.Type)}
+	if enc == nil {
+		m.Key, m.Value, m.Headers = sarama.StringEncoder(e.Key()), sarama.ByteEncoder(value), e.Headers(ref)
+		return nil
 	}
+	enc.key, enc.value = sarama.StringEncoder(e.Key()), sarama.ByteEncoder(value)
+	m.Key, m.Value = &enc.key, &enc.value
+	m.Headers = e.AppendHeaders(enc.hdrs[:0], enc.hbuf[:0], ref)
 	return nil
 }
 
@@ -453,13 +532,16 @@ func (p *Publisher) Router() *kafka.Router { return p.router }
 // gateway uses fewer than --max-topics (kafka.Topics.Admit). Refused, the error is a
 // *validate.Error on field.
 func (p *Publisher) AdmitTopic(field, topic string) error {
-	var te *kafka.TooManyTopicsError
-	if err := p.topics.Admit(topic); errors.As(err, &te) {
-		return validate.Errorf(field, "would need the new topic %s, and this gateway already uses %d topics, its limit (--max-topics): name the domains it serves with --domains, or raise --max-topics", topic, te.Max)
-	} else if err != nil {
-		return err
+	err := p.topics.Admit(topic)
+	if err == nil {
+		return nil
 	}
-	return nil
+	// Only here: te escapes to the heap through errors.As.
+	var te *kafka.TooManyTopicsError
+	if errors.As(err, &te) {
+		return validate.Errorf(field, "would need the new topic %s, and this gateway already uses %d topics, its limit (--max-topics): name the domains it serves with --domains, or raise --max-topics", topic, te.Max)
+	}
+	return err
 }
 
 func (p *Publisher) countInvalid(e *event.Event) {

@@ -96,17 +96,22 @@ func (s *EventService) Publish(ctx context.Context, req *eventgwv1.PublishReques
 	if req.GetEvent() == nil {
 		return nil, rewriteError(validate.Errorf("event", "is required"))
 	}
-	evs := make([]event.Event, 1)
-	toEvent(req.GetEvent(), &evs[0])
-	outs, err := s.pub.Publish(ctx, evs)
+	var ev event.Event
+	toEvent(req.GetEvent(), &ev)
+	o, err := s.pub.PublishOne(ctx, &ev)
 	if err != nil {
 		return nil, rewriteError(err)
 	}
-	o := outs[0]
 	if o.Err != nil {
 		return nil, rewriteError(o.Err)
 	}
-	return &eventgwv1.PublishResponse{Result: toResult(&o)}, nil
+	// The response and its result in one allocation.
+	r := &struct {
+		resp eventgwv1.PublishResponse
+		res  eventgwv1.PublishResult
+	}{res: eventgwv1.PublishResult{EventId: o.EventID, Topic: o.Topic, Partition: o.Partition, Offset: o.Offset, Queued: o.Queued}}
+	r.resp.Result = &r.res
+	return &r.resp, nil
 }
 
 // PublishBatch implements EventService.PublishBatch.
@@ -120,10 +125,6 @@ func (s *EventService) PublishBatch(ctx context.Context, req *eventgwv1.PublishB
 		return nil, rewriteError(err)
 	}
 	return &eventgwv1.PublishBatchResponse{Results: toResults(outs)}, nil
-}
-
-func toResult(o *publish.Outcome) *eventgwv1.PublishResult {
-	return &eventgwv1.PublishResult{EventId: o.EventID, Topic: o.Topic, Partition: o.Partition, Offset: o.Offset, Queued: o.Queued}
 }
 
 func toResults(outs []publish.Outcome) []*eventgwv1.EventResult {
