@@ -47,13 +47,14 @@ var (
 // Headers builds the CloudEvents envelope of e. dataSchema is the schema reference
 // ("" for JSON). All header values share one backing array: two allocations per event.
 func (e *Event) Headers(dataSchema string) []sarama.RecordHeader {
-	return e.AppendHeaders(nil, nil, dataSchema)
+	hs, _ := e.AppendHeaders(nil, nil, dataSchema)
+	return hs
 }
 
-// AppendHeaders is Headers appending to hs, with the header values written into buf's
-// spare capacity when it holds them all (else into one new array): a caller with room
-// for both allocates nothing.
-func (e *Event) AppendHeaders(hs []sarama.RecordHeader, buf []byte, dataSchema string) []sarama.RecordHeader {
+// AppendHeaders is Headers appending to hs, with the header values appended to buf
+// when its spare capacity holds them all (else written into one new array): a caller
+// with room for both allocates nothing. It returns hs and buf extended.
+func (e *Event) AppendHeaders(hs []sarama.RecordHeader, buf []byte, dataSchema string) ([]sarama.RecordHeader, []byte) {
 	n := 8 + len(e.Metadata) + len(e.Extra)
 	size := len(e.ID) + len(e.Type) + len(e.Source) + len(time.RFC3339Nano) + len(e.TenantID) +
 		len(e.CorrelationID) + len(e.CausationID) + len(e.UserID) + len(e.Subject) + len(dataSchema)
@@ -110,5 +111,5 @@ func (e *Event) AppendHeaders(hs []sarama.RecordHeader, buf []byte, dataSchema s
 		buf = append(buf, h.Key...)
 		add(buf[start:len(buf):len(buf)], h.Value)
 	}
-	return hs
+	return hs, buf
 }
