@@ -10,12 +10,15 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -896,4 +899,65 @@ func TestSubscribeAckAheadOfCommitSurvivesTheStream(t *testing.T) {
 		t.Errorf("third stream got offsets %d and %d, want the unacknowledged 2 and 3", again[0].GetOffset(), again[1].GetOffset())
 	}
 	u3.quiet(2 * time.Second)
+}
+
+// TestSubscribeAckWaitsForAConfirmedCommit: an Ack is answered once Kafka confirmed its
+// offset commit. The coordinator refuses the first commits (REBALANCE_IN_PROGRESS, as
+// in the moment a rebalance joins): the Ack is answered after a commit went through,
+// and the offsets are committed when it is. When Kafka keeps refusing, the Ack answers
+// Unavailable instead of a success it cannot vouch for.
+func TestSubscribeAckWaitsForAConfirmedCommit(t *testing.T) {
+	s := startSidecar(t, nil)
+	var refuse, refused atomic.Int32
+	cluster := s.kafka.Cluster
+	cluster.ControlKey(int16(kmsg.OffsetCommit), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		cluster.KeepControl()
+		req := r.(*kmsg.OffsetCommitRequest)
+		if req.Group != "confirm" || refuse.Load() <= 0 {
+			return nil, nil, false
+		}
+		refuse.Add(-1)
+		refused.Add(1)
+		resp := req.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range req.Topics {
+			t := kmsg.NewOffsetCommitResponseTopic()
+			t.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				p := kmsg.NewOffsetCommitResponseTopicPartition()
+				p.Partition, p.ErrorCode = rp.Partition, kerr.RebalanceInProgress.Code
+				t.Partitions = append(t.Partitions, p)
+			}
+			resp.Topics = append(resp.Topics, t)
+		}
+		return resp, nil, true
+	})
+	u := subscribeTo(t, s, &eventgwv1.SubscribeRequest{Subscription: "confirm", Topics: []string{"lab"},
+		StartPosition: eventgwv1.StartPosition_START_POSITION_EARLIEST, Ordering: eventgwv1.Ordering_ORDERING_NONE})
+	u.waitAssigned(12)
+	publishKeyed(t, s, "lab.result_ready", 20, keysN(5))
+	ds := u.next(20, 30*time.Second)
+
+	refuse.Store(3)
+	if r := s.ack(t, "confirm", ds[:10]); r.GetAcked() != 10 {
+		t.Fatalf("ack answered %+v", r)
+	}
+	if refused.Load() == 0 {
+		t.Fatal("no commit was refused: the test did not test anything")
+	}
+	// sarama's own periodic commit would land within a second: read at once.
+	if c, _ := committed(t, s.kafka.Brokers, "confirm", "healthtech.lab.events"); c < 10 {
+		t.Errorf("Ack answered with %d offsets committed, want at least 10 (%d commits refused)", c, refused.Load())
+	}
+
+	refuse.Store(1 << 20)
+	_, err := s.events.Ack(callCtx(t), &eventgwv1.AckRequest{Subscription: "confirm", DeliveryIds: ids(ds[10:])})
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("ack with every commit refused: %v, want Unavailable", err)
+	}
+	refuse.Store(0)
+	// The marks stay with sarama, which commits them once Kafka takes them.
+	eventually(t, 10*time.Second, "the refused commit to land later", func() bool {
+		c, end := committed(t, s.kafka.Brokers, "confirm", "healthtech.lab.events")
+		return c == end && end == 20
+	})
 }

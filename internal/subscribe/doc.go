@@ -6,8 +6,9 @@
 // Delivery and acknowledgement. Every record read is held until it is acknowledged,
 // filtered out or dead-lettered; a partition's offset is marked (and committed by
 // sarama every second and when the partition is released) only up to the first record
-// still held, so nothing is skipped: at-least-once. An Ack is answered only after the
-// offsets it moved are committed, and the records finished beyond the commit point are
+// still held, so nothing is skipped: at-least-once. An Ack is answered only after Kafka
+// confirmed the commit of the offsets it moved (commit.go; Unavailable if Kafka keeps
+// refusing it), and the records finished beyond the commit point are
 // written in the commit's metadata (see ahead.go), so a partition's next owner, after a
 // rebalance or a crash, delivers again only what was in flight. A stream holds at most
 // max_in_flight deliveries not yet acknowledged. Records read ahead wait in the stream

@@ -400,7 +400,8 @@ func (m *Manager) resolve(subscription string, ids []string) (map[*stream][]pars
 }
 
 // Ack acknowledges deliveries. It answers how many were acknowledged now and the ids
-// no longer held (already finished, revoked, or of an ended stream).
+// no longer held (already finished, revoked, or of an ended stream), once Kafka
+// confirmed the offset commit; Unavailable when it kept refusing it (commit.go).
 func (m *Manager) Ack(ctx context.Context, subscription string, ids []string) (int, []string, error) {
 	byStream, stale, err := m.resolve(subscription, ids)
 	if err != nil {
@@ -408,6 +409,7 @@ func (m *Manager) Ack(ctx context.Context, subscription string, ids []string) (i
 	}
 	acked := 0
 	now := time.Now()
+	var commitErr error
 	for s, ps := range byStream {
 		before := acked
 		s.mu.Lock()
@@ -430,10 +432,12 @@ func (m *Manager) Ack(ctx context.Context, subscription string, ids []string) (i
 		s.mu.Unlock()
 		s.wake()
 		if moved && acked > before {
-			s.commitNow(ctx)
+			if err := s.commitNow(ctx); err != nil && commitErr == nil {
+				commitErr = err
+			}
 		}
 	}
-	return acked, stale, nil
+	return acked, stale, commitErr
 }
 
 // Nack fails deliveries: retried after a backoff until max attempts, or dead-lettered

@@ -63,6 +63,9 @@ type partition struct {
 	next    int64  // the offset to commit: everything before it is finished
 	marked  int64  // the offset sarama's offset manager holds for the partition
 	meta    string // the metadata last marked (unknownMeta before the first mark)
+	// confirmed and confirmedMeta are what the coordinator confirmed committing (commit.go).
+	confirmed     int64
+	confirmedMeta string
 	dirty   bool
 	revoked bool
 	keys    map[string]*keyQueue
@@ -127,7 +130,7 @@ type stream struct {
 
 	sess          sarama.ConsumerGroupSession
 	cmu           sync.Mutex
-	commitWaiters []chan struct{}
+	commitWaiters []chan error
 	commitKick    chan struct{}
 
 	poke       chan struct{} // wakes the sender
@@ -158,49 +161,6 @@ func (s *stream) Setup(sess sarama.ConsumerGroupSession) error {
 	return nil
 }
 
-// commitNow commits the marked offsets before it returns (or the stream ends), so an
-// acknowledged delivery is not delivered again even if the sidecar dies right after.
-// Concurrent callers share commits: one is in flight at a time, and those arriving
-// meanwhile wait for the next.
-func (s *stream) commitNow(ctx context.Context) {
-	w := make(chan struct{})
-	s.cmu.Lock()
-	s.commitWaiters = append(s.commitWaiters, w)
-	s.cmu.Unlock()
-	select {
-	case s.commitKick <- struct{}{}:
-	default:
-	}
-	select {
-	case <-w:
-	case <-ctx.Done():
-	case <-s.ctx.Done():
-	}
-}
-
-func (s *stream) committer() {
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-s.commitKick:
-		}
-		s.cmu.Lock()
-		waiters := s.commitWaiters
-		s.commitWaiters = nil
-		s.cmu.Unlock()
-		s.mu.Lock()
-		sess := s.sess
-		s.mu.Unlock()
-		if sess != nil {
-			sess.Commit()
-		}
-		for _, w := range waiters {
-			close(w)
-		}
-	}
-}
-
 // Cleanup implements sarama.ConsumerGroupHandler.
 func (s *stream) Cleanup(sarama.ConsumerGroupSession) error { return nil }
 
@@ -224,6 +184,7 @@ func (s *stream) claimPartition(sess sarama.ConsumerGroupSession, claim sarama.C
 		// above it (MarkOffset) or at or below it (ResetOffset): marked mirrors it, so
 		// the first mark at the committed offset still stores this owner's metadata.
 		next: claim.InitialOffset(), marked: claim.InitialOffset(), meta: unknownMeta, keys: map[string]*keyQueue{},
+		confirmed: claim.InitialOffset(), confirmedMeta: unknownMeta,
 		consumed: s.m.metrics.Consumed.WithLabelValues(s.m.service, s.m.metrics.Subscription(s.opts.Subscription), claim.Topic()),
 		lag:      s.m.metrics.Lag.WithLabelValues(s.m.service, s.m.metrics.Subscription(s.opts.Subscription), claim.Topic(), pl),
 	}
