@@ -66,9 +66,9 @@ type partition struct {
 	// confirmed and confirmedMeta are what the coordinator confirmed committing (commit.go).
 	confirmed     int64
 	confirmedMeta string
-	dirty   bool
-	revoked bool
-	keys    map[string]*keyQueue
+	dirty         bool
+	revoked       bool
+	keys          map[string]*keyQueue
 	// doneAhead counts finished records in pending (beyond the commit point).
 	doneAhead int
 	// skip is what the previous owner finished beyond the committed offset.
