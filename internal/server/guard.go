@@ -37,7 +37,11 @@ type Guard struct {
 	conns map[*guardConn]struct{}
 	// receiving is the bytes of messages being received (asked for, unfinished).
 	receiving atomic.Int64
-	evicting  atomic.Bool
+	// evictMu: a reader whose message brought the total over MaxReceiving waits here
+	// until connections are closed to bring it back under, so no reader goes on
+	// reading meanwhile (the total passes the budget by at most one read per
+	// connection).
+	evictMu sync.Mutex
 
 	closed *prometheus.CounterVec
 }
@@ -338,10 +342,11 @@ func (c *guardConn) timedOut(stream uint32, gen uint64) {
 // being received hold more than MaxReceiving.
 func (c *guardConn) checkBudget() {
 	g := c.g
-	if g.receiving.Load() <= g.opts.MaxReceiving || !g.evicting.CompareAndSwap(false, true) {
+	if g.receiving.Load() <= g.opts.MaxReceiving {
 		return
 	}
-	defer g.evicting.Store(false)
+	g.evictMu.Lock()
+	defer g.evictMu.Unlock()
 	for g.receiving.Load() > g.opts.MaxReceiving {
 		victim := g.oldest()
 		if victim == nil {
