@@ -67,3 +67,32 @@ func TestMetricsLabelLimits(t *testing.T) {
 		t.Errorf("event_processing_duration_seconds has %d series, want 2 (one subscription and other)", n)
 	}
 }
+
+// PublishFor answers the series of the capped labels, and remembers only pairs of
+// kept values: callers naming ever new services or types grow neither the series nor
+// the cache.
+func TestPublishForKeepsTheLabelCaps(t *testing.T) {
+	m := New(prometheus.NewRegistry())
+	m.SetLabelLimits(2, 3, 1)
+	for i := range 50 {
+		for j := range 50 {
+			m.PublishFor(fmt.Sprintf("svc-%d", i), fmt.Sprintf("d.type-%d", j)).Published.Inc()
+		}
+	}
+	m.PublishFor("svc-0", "d.type-0").Duration.Observe(1)
+	if n := testutil.CollectAndCount(m.Published); n != (2+1)*(3+1) {
+		t.Errorf("event_published_total has %d series, want (2 services + other) × (3 types + other)", n)
+	}
+	if got := testutil.ToFloat64(m.Published.WithLabelValues("svc-0", "d.type-0")); got != 1 {
+		t.Errorf("svc-0/d.type-0 counted %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.Published.WithLabelValues(Other, Other)); got != 48*47 {
+		t.Errorf("other/other counted %v, want %d", got, 48*47)
+	}
+	m.seriesMu.RLock()
+	n := len(m.series)
+	m.seriesMu.RUnlock()
+	if n != 2*3 {
+		t.Errorf("the cache holds %d pairs, want only the 6 of kept values", n)
+	}
+}

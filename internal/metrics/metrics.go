@@ -2,7 +2,11 @@
 // (unprefixed, so its PromQL works), registered on an injected Registerer.
 package metrics
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the guide's metrics. Every one has a service label: the source service
 // of the event (or the sidecar's --service-name).
@@ -26,6 +30,10 @@ type Metrics struct {
 
 	// The label values taken from requests, each bounded (past the limit: "other").
 	services, eventTypes, subscriptions *LabelCap
+
+	// series caches PublishFor's answers.
+	seriesMu sync.RWMutex
+	series   map[[2]string]PublishSeries
 }
 
 // SetLabelLimits bounds the distinct values of the labels that requests choose: the
@@ -33,6 +41,9 @@ type Metrics struct {
 // a limit are counted under "other". Call it before the metrics are used.
 func (m *Metrics) SetLabelLimits(services, eventTypes, subscriptions int) {
 	m.services, m.eventTypes, m.subscriptions = NewLabelCap(services), NewLabelCap(eventTypes), NewLabelCap(subscriptions)
+	m.seriesMu.Lock()
+	m.series = map[[2]string]PublishSeries{}
+	m.seriesMu.Unlock()
 }
 
 // Service is the service label for a source service named by a request.
@@ -86,4 +97,37 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Consumed, m.Processing, m.Lag, m.DLQMessages, m.DLQRetries)
 	m.SetLabelLimits(DefaultMaxServices, DefaultMaxEventTypes, DefaultMaxSubscriptions)
 	return m
+}
+
+// PublishSeries are the series a publish of one service and event type counts in.
+type PublishSeries struct {
+	Published prometheus.Counter
+	Duration  prometheus.Observer
+}
+
+// maxPublishSeries bounds the cache of PublishFor (the label caps bound it too: only
+// kept values are cached).
+const maxPublishSeries = 4096
+
+// PublishFor answers the published counter and the publish duration of a source
+// service and an event type as named by a request (each label bounded as Service and
+// EventType bound it), resolved once per pair: a publish then costs no label lookup.
+func (m *Metrics) PublishFor(service, eventType string) PublishSeries {
+	key := [2]string{service, eventType}
+	m.seriesMu.RLock()
+	s, ok := m.series[key]
+	m.seriesMu.RUnlock()
+	if ok {
+		return s
+	}
+	svc, typ := m.Service(service), m.EventType(eventType)
+	s = PublishSeries{Published: m.Published.WithLabelValues(svc, typ), Duration: m.PublishDuration.WithLabelValues(svc)}
+	if svc != Other && typ != Other { // callers' other values are not remembered
+		m.seriesMu.Lock()
+		if len(m.series) < maxPublishSeries {
+			m.series[key] = s
+		}
+		m.seriesMu.Unlock()
+	}
+	return s
 }

@@ -442,13 +442,12 @@ func firstErr(out []Outcome) error {
 func (pd *Pending) count(out []Outcome) {
 	p := pd.p
 	var (
-		lastKey  [2]string
-		okCount  int
-		svcFirst = pd.events[0].Source
+		lastKey [2]string // source service and event type as the events name them
+		okCount int
 	)
 	flush := func() {
 		if okCount > 0 {
-			p.metrics.Published.WithLabelValues(lastKey[0], lastKey[1]).Add(float64(okCount))
+			p.metrics.PublishFor(lastKey[0], lastKey[1]).Published.Add(float64(okCount))
 		}
 		okCount = 0
 	}
@@ -465,14 +464,15 @@ func (pd *Pending) count(out []Outcome) {
 			p.metrics.PublishErrors.WithLabelValues(p.metrics.Service(e.Source), p.metrics.EventType(e.Type), reason).Inc()
 			continue
 		}
-		if key := [2]string{p.metrics.Service(e.Source), p.metrics.EventType(e.Type)}; key != lastKey {
+		if key := [2]string{e.Source, e.Type}; key != lastKey {
 			flush()
 			lastKey = key
 		}
 		okCount++
 	}
 	flush()
-	p.metrics.PublishDuration.WithLabelValues(p.metrics.Service(svcFirst)).Observe(time.Since(pd.start).Seconds())
+	first := &pd.events[0]
+	p.metrics.PublishFor(first.Source, first.Type).Duration.Observe(time.Since(pd.start).Seconds())
 }
 
 // arena is room for the key and value encoders and the CloudEvents headers of a
