@@ -66,6 +66,14 @@ type poller struct {
 	gone bool // the stream ended: pushes are given back
 }
 
+// claimResult is what a claim of a Poll stream found.
+type claimResult struct {
+	tasks []store.ClaimedTask
+	next  time.Duration
+	err   error
+	limit int
+}
+
 func signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
@@ -127,45 +135,32 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 	var timerC <-chan time.Time
 	// A claim runs when tasks may be ready: at the start, when woken, when a retry's
 	// backoff ends, at each poll — not after tasks were pushed or answered (no query per
-	// task when this sidecar's changes lease them here directly).
+	// task when this sidecar's changes lease them here directly). It runs in a goroutine
+	// of its own, so that tasks pushed meanwhile are sent at once instead of waiting for
+	// its round trip; its tasks are sent by this loop (the stream's only sender). One
+	// claim at a time; a wake during it makes another. Its limit is the room when it
+	// starts: tasks pushed meanwhile may take some of it, so that the stream briefly
+	// holds up to one claim more than MaxInFlight (reserving the room instead would turn
+	// those pushes away, into claims of their own).
 	needClaim := true
+	claimDone := make(chan claimResult, 1)
+	claiming := false
+	defer func() {
+		if claiming { // the stream ended during a claim: give back what it took
+			r := <-claimDone
+			if len(r.tasks) > 0 {
+				e.giveBack(r.tasks)
+			}
+		}
+	}()
 	for {
-		if free := p.free(); needClaim && free > 0 {
+		if free := p.free(); needClaim && !claiming && free > 0 {
 			limit := min(free, maxClaim)
-			claimed, next, err := e.claim(ctx, p, limit)
-			switch {
-			case err != nil && ctx.Err() != nil:
-				return ctx.Err()
-			case err != nil:
-				e.log.Warn("saga task claim failed; will retry", zap.String("worker_id", p.worker), redact.Error(err))
-			case len(claimed) > 0:
-				ids := make([]string, len(claimed))
-				for i := range claimed {
-					ids[i] = claimed[i].TaskID
-				}
-				e.hold(p, ids)
-				if err := e.deliver(ctx, p, claimed, send); err != nil {
-					return err
-				}
-				if len(claimed) == limit {
-					continue // more may be waiting
-				}
-			}
-			needClaim = false
-			if timer != nil {
-				timer.Stop()
-				timer, timerC = nil, nil
-			}
-			switch {
-			case err != nil || next == store.NoneWaiting:
-			case next <= 0:
-				timer = time.NewTimer(lockedRetry)
-			default:
-				timer = time.NewTimer(next + time.Millisecond)
-			}
-			if timer != nil {
-				timerC = timer.C
-			}
+			claiming, needClaim = true, false
+			go func() {
+				tasks, next, err := e.claim(ctx, p, limit)
+				claimDone <- claimResult{tasks: tasks, next: next, err: err, limit: limit}
+			}()
 		}
 		select {
 		case <-ctx.Done():
@@ -184,6 +179,41 @@ func (e *Engine) Poll(ctx context.Context, req PollRequest, send func([]Task) er
 			}
 			if err := e.deliver(ctx, p, batch, send); err != nil {
 				return err
+			}
+		case r := <-claimDone:
+			claiming = false
+			ids := make([]string, len(r.tasks))
+			for i := range r.tasks {
+				ids[i] = r.tasks[i].TaskID
+			}
+			e.hold(p, ids)
+			switch {
+			case r.err != nil && ctx.Err() != nil:
+				return ctx.Err()
+			case r.err != nil:
+				e.log.Warn("saga task claim failed; will retry", zap.String("worker_id", p.worker), redact.Error(r.err))
+			case len(r.tasks) > 0:
+				if err := e.deliver(ctx, p, r.tasks, send); err != nil {
+					return err
+				}
+				if len(r.tasks) == r.limit {
+					needClaim = true // more may be waiting
+					continue
+				}
+			}
+			if timer != nil {
+				timer.Stop()
+				timer, timerC = nil, nil
+			}
+			switch {
+			case r.err != nil || r.next == store.NoneWaiting:
+			case r.next <= 0:
+				timer = time.NewTimer(lockedRetry)
+			default:
+				timer = time.NewTimer(r.next + time.Millisecond)
+			}
+			if timer != nil {
+				timerC = timer.C
 			}
 		case <-p.wake:
 			needClaim = true
