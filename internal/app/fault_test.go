@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/config"
 	"github.com/eventgw/eventgw/internal/testenv"
 )
 
@@ -22,7 +23,10 @@ func TestPostgresRestart(t *testing.T) {
 	// crash of it loses what it acknowledged, as PostgreSQL documents).
 	pg := testenv.DurablePostgres(t)
 	d := deps{kafka: testenv.NewKafka(t), registry: testenv.NewRegistry(t).URL(), dbURL: pg.DSN("postgres")}
-	s := startOn(t, d, nil)
+	// The sidecar's own background calls (relay, saga sweeps) meet the outage too and
+	// open the PostgreSQL breaker; a short open time lets the test see it close again
+	// (with the default 60 s, appends are refused for up to a minute after the restart).
+	s := startOn(t, d, func(c *config.Config) { c.BreakerTimeout = time.Second })
 	agg := uuid.NewString()
 	counts := map[string]int64{}
 	appendMany(t, s, []string{agg}, 5, counts)
