@@ -135,12 +135,6 @@ func sleepWithin(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// ClassifyError puts an error met outside Do (a write's) into this package's classes,
-// as Do would: for callers whose statements do not run inside Do yet.
-func ClassifyError(ctx context.Context, op string, err error) error {
-	return classify(ctx, ReadWrite, op, err)
-}
-
 // unavailableCode reports the SQLSTATEs of a server that cannot serve now: connection
 // exceptions (class 08), admin or crash shutdown and "starting up" (57P01-57P03), too
 // many connections (53300), a statement cancelled while the caller still waited
