@@ -34,9 +34,10 @@ type Tracing struct {
 func NewTracing(t trace.Tracer) *Tracing { return &Tracing{tracer: t} }
 
 func (tr *Tracing) start(ctx context.Context, method string) (context.Context, trace.Span) {
-	md, _ := metadata.FromIncomingContext(ctx)
+	in := ctx
 	ctx = tracing.Extract(ctx, func(k string) string {
-		if v := md.Get(k); len(v) == 1 {
+		// Not FromIncomingContext, which copies the call's whole metadata.
+		if v := metadata.ValueFromIncomingContext(in, k); len(v) == 1 {
 			return v[0]
 		}
 		return ""
