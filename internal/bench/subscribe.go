@@ -201,7 +201,19 @@ func (e *env) subscribeSuite(ctx context.Context, o Options) ([]subResult, error
 		}
 		e.dropTopic()
 	}
-	name := fmt.Sprintf("sidecar publish-to-delivery at %d ev/s, 1 stream, defaults", subLatencyBatch*int(time.Second/subLatencyTick))
+	name := fmt.Sprintf("direct sarama SyncProducer → ConsumerGroup at %d ev/s", subLatencyBatch*int(time.Second/subLatencyTick))
+	if want(name) {
+		if err := e.freshTopic(ctx); err != nil {
+			return nil, err
+		}
+		r, err := e.directLatency(o.Duration)
+		e.dropTopic()
+		r.Name = name
+		if err := add(r, err); err != nil {
+			return nil, err
+		}
+	}
+	name = fmt.Sprintf("sidecar publish-to-delivery at %d ev/s, 1 stream, defaults", subLatencyBatch*int(time.Second/subLatencyTick))
 	if want(name) {
 		if err := e.freshTopic(ctx); err != nil {
 			return nil, err
@@ -706,6 +718,154 @@ func (e *env) deliveryLatency(d time.Duration) (subResult, error) {
 	default:
 	}
 	return r, nil
+}
+
+// directLatency is the latency scenario's baseline without the sidecar: the same
+// batches at the same pace through a sarama SyncProducer (the sidecar's producer
+// settings: idempotent, acks=all), read by a plain sarama consumer group in the same
+// process, publish-to-delivery measured the same way.
+func (e *env) directLatency(d time.Duration) (subResult, error) {
+	warm := min(time.Second, d/5)
+	var (
+		mu       sync.Mutex
+		samples  []time.Duration
+		measured atomic.Int64
+		measFrom atomic.Int64
+	)
+	cfg := sarama.NewConfig()
+	cfg.ClientID = "bench-direct-latency"
+	cfg.Version = sarama.V2_8_0_0
+	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
+	group, err := sarama.NewConsumerGroup(e.brokers, fmt.Sprintf("bench-latency-%s", e.domain), cfg)
+	if err != nil {
+		return subResult{}, err
+	}
+	defer group.Close()
+	h := &latencyHandler{assigned: make(chan struct{}), record: func(now time.Time, v []byte) {
+		t0, ok := sentAt(v)
+		if !ok {
+			return
+		}
+		if from := measFrom.Load(); from == 0 || t0 < from {
+			return
+		}
+		mu.Lock()
+		samples = append(samples, now.Sub(time.Unix(0, t0)))
+		mu.Unlock()
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	consumed := make(chan error, 1)
+	go func() {
+		for ctx.Err() == nil {
+			if err := group.Consume(ctx, []string{e.topic()}, h); err != nil && ctx.Err() == nil {
+				consumed <- err
+				return
+			}
+		}
+		consumed <- nil
+	}()
+	select {
+	case <-h.assigned:
+	case err := <-consumed:
+		return subResult{}, fmt.Errorf("direct consumer: %v", err)
+	case <-time.After(30 * time.Second):
+		return subResult{}, errors.New("direct consumer: no assignment within 30s")
+	}
+	cl, err := e.saramaClient()
+	if err != nil {
+		return subResult{}, err
+	}
+	defer cl.Close()
+	sp, err := sarama.NewSyncProducerFromClient(cl)
+	if err != nil {
+		return subResult{}, err
+	}
+	defer sp.Close()
+	var (
+		pubErrs atomic.Int64
+		wg      sync.WaitGroup
+		sem     = make(chan struct{}, 32)
+	)
+	tick := time.NewTicker(subLatencyTick)
+	begin := time.Now()
+	var u procUsage
+	var measStart time.Time
+	for {
+		now := <-tick.C
+		if measStart.IsZero() && now.Sub(begin) >= warm {
+			u = startUsage()
+			measStart = time.Now()
+			measFrom.Store(measStart.UnixNano())
+		}
+		if !measStart.IsZero() && now.Sub(measStart) >= d {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			t0 := time.Now().UnixNano()
+			msgs := make([]*sarama.ProducerMessage, subLatencyBatch)
+			for j := range msgs {
+				msgs[j] = &sarama.ProducerMessage{Topic: e.topic(), Key: sarama.StringEncoder(nextTenant()), Value: sarama.ByteEncoder(stampedPayload(t0))}
+			}
+			if err := sp.SendMessages(msgs); err != nil {
+				pubErrs.Add(subLatencyBatch)
+				return
+			}
+			if from := measFrom.Load(); from != 0 && t0 >= from {
+				measured.Add(subLatencyBatch)
+			}
+		}()
+	}
+	tick.Stop()
+	wg.Wait()
+	pubEnd := time.Now()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		got := int64(len(samples))
+		mu.Unlock()
+		if got >= measured.Load() {
+			break
+		}
+	}
+	var r subResult
+	r.latency = true
+	u.finish(&r)
+	cancel()
+	mu.Lock()
+	lat := latencies{d: samples}
+	r.Events = int64(len(samples))
+	mu.Unlock()
+	r.Elapsed = pubEnd.Sub(measStart)
+	lat.fill(&r.Result)
+	r.Errors = pubErrs.Load() + max(measured.Load()-r.Events, 0)
+	if err := <-consumed; err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// latencyHandler records each consumed record's arrival.
+type latencyHandler struct {
+	once     sync.Once
+	assigned chan struct{}
+	record   func(now time.Time, value []byte)
+}
+
+func (h *latencyHandler) Setup(sarama.ConsumerGroupSession) error {
+	h.once.Do(func() { close(h.assigned) })
+	return nil
+}
+func (h *latencyHandler) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+func (h *latencyHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	for m := range claim.Messages() {
+		h.record(time.Now(), m.Value)
+		sess.MarkMessage(m, "")
+	}
+	return nil
 }
 
 // stampedPayload is a ~200 B JSON object whose first field, "sent_ns", holds t0.
