@@ -8,6 +8,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	eventgwv1 "github.com/eventgw/eventgw/gen/eventgw/v1"
+	"github.com/eventgw/eventgw/internal/config"
 	"github.com/eventgw/eventgw/internal/testenv"
 )
 
@@ -17,7 +18,10 @@ import (
 func TestGRPCHealthFollowsReadiness(t *testing.T) {
 	pg := testenv.StoppablePostgres(t)
 	d := deps{kafka: testenv.NewKafka(t), registry: testenv.NewRegistry(t).URL(), dbURL: pg.DSN("postgres")}
-	s := startOn(t, d, nil)
+	// The sidecar's background calls (relay, saga sweeps) open the PostgreSQL breaker
+	// during the outage; a short open time lets the test see the services come back
+	// (with the default 60 s they stay NOT_SERVING up to a minute after the restart).
+	s := startOn(t, d, func(c *config.Config) { c.BreakerTimeout = time.Second })
 	hc := healthpb.NewHealthClient(s.conn)
 	status := func(svc string) healthpb.HealthCheckResponse_ServingStatus {
 		r, err := hc.Check(callCtx(t), &healthpb.HealthCheckRequest{Service: svc})
