@@ -21,9 +21,10 @@ test: deps
 	$(GO) vet -tags faults ./...
 	$(GO) test -race -count=1 -tags faults -timeout 20m ./...
 
-# The fault suite alone (issue 8; RELIABILITY.md), printing its table: a row per fault.
+# The fault suite alone (issue 8; RELIABILITY.md), printing its table: a row per fault,
+# with the faults that still find an open defect in some runs (skipped by make test).
 test-faults: deps
-	$(GO) test -race -count=1 -timeout 10m -tags faults -run TestFault -v ./internal/app/ ./cmd/eventgw/
+	EVENTGW_TEST_KNOWN_DEFECTS=1 $(GO) test -race -count=1 -timeout 10m -tags faults -run TestFault -v ./internal/app/ ./cmd/eventgw/
 
 test-short: deps
 	$(GO) test -count=1 -short ./...
