@@ -121,7 +121,9 @@ func (a *App) readiness() server.Readiness {
 				if c == nil {
 					return kafka.ErrNotConnected
 				}
-				_, err := c.Controller()
+				// A metadata request, not Controller(): that answers the broker it has
+				// cached without asking Kafka anything, so a stopped cluster looked up.
+				_, err := c.RefreshController()
 				return err
 			}},
 			{Name: "schema-registry", Breaker: state(a.Breakers.Registry), Check: a.Schemas.Ping},
