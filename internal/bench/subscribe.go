@@ -201,26 +201,23 @@ func (e *env) subscribeSuite(ctx context.Context, o Options) ([]subResult, error
 		}
 		e.dropTopic()
 	}
-	name := fmt.Sprintf("direct sarama SyncProducer → ConsumerGroup at %d ev/s", subLatencyBatch*int(time.Second/subLatencyTick))
-	if want(name) {
+	rate := subLatencyBatch * int(time.Second/subLatencyTick)
+	for _, l := range []struct {
+		name string
+		fn   func(time.Duration) (subResult, error)
+	}{
+		{fmt.Sprintf("direct sarama SyncProducer → ConsumerGroup at %d ev/s", rate), e.directLatency},
+		{fmt.Sprintf("sidecar publish-to-delivery at %d ev/s, 1 stream, defaults", rate), e.deliveryLatency},
+	} {
+		if !want(l.name) {
+			continue
+		}
 		if err := e.freshTopic(ctx); err != nil {
 			return nil, err
 		}
-		r, err := e.directLatency(o.Duration)
+		r, err := l.fn(o.Duration)
 		e.dropTopic()
-		r.Name = name
-		if err := add(r, err); err != nil {
-			return nil, err
-		}
-	}
-	name = fmt.Sprintf("sidecar publish-to-delivery at %d ev/s, 1 stream, defaults", subLatencyBatch*int(time.Second/subLatencyTick))
-	if want(name) {
-		if err := e.freshTopic(ctx); err != nil {
-			return nil, err
-		}
-		r, err := e.deliveryLatency(o.Duration)
-		e.dropTopic()
-		r.Name = name
+		r.Name = l.name
 		if err := add(r, err); err != nil {
 			return nil, err
 		}
